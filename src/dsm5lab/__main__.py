@@ -1,0 +1,3 @@
+from dsm5lab.cli import main
+
+main()

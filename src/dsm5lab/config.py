@@ -1,0 +1,175 @@
+"""The params.yaml schema: one typed model, unknown keys rejected, ranges checked.
+
+Defaults live in params.yaml only; this module checks values, it does not invent them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dsm5lab.errors import UserError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticConfig(_Strict):
+    """The seeded ReDSM5-format generator (data.source = synthetic)."""
+
+    n_posts: int = Field(ge=20, le=200_000)
+    seed: int = Field(ge=0)
+    symptom_free_ratio: float = Field(ge=0.0, lt=1.0)
+    special_case_ratio: float = Field(ge=0.0, le=1.0)
+    hard_negative_ratio: float = Field(ge=0.0, le=1.0)
+    shared_sentence_ratio: float = Field(ge=0.0, le=1.0)
+    mean_words: int = Field(ge=20, le=5_000)
+    max_words: int = Field(ge=50, le=20_000)
+    text_noise: float = Field(ge=0.0, le=1.0)
+    annotation_drift: float = Field(ge=0.0, le=1.0)
+    annotation_paraphrase: float = Field(ge=0.0, le=1.0)
+    min_posts_per_criterion: int = Field(ge=0, le=1_000)
+
+
+class HFConfig(_Strict):
+    """A Hub dataset id or a local dataset directory read through `datasets`."""
+
+    dataset: str = Field(min_length=1)
+    revision: str | None
+    posts_file: str = Field(min_length=1)
+    annotations_file: str = Field(min_length=1)
+    posts_split: str | None
+    annotations_split: str | None
+
+
+class DataConfig(_Strict):
+    source: Literal["synthetic", "csv", "hf"]
+    csv_dir: str
+    hf: HFConfig
+    criteria_file: str | None
+    synthetic: SyntheticConfig
+
+
+class SplitRatios(_Strict):
+    train: float = Field(gt=0.0, lt=1.0)
+    val: float = Field(gt=0.0, lt=1.0)
+    test: float = Field(gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitRatios:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must sum to 1 (got {total:g})")
+        return self
+
+
+class AlignmentConfig(_Strict):
+    fuzzy_threshold: float = Field(ge=50.0, le=100.0)
+
+
+class PrepareConfig(_Strict):
+    split: SplitRatios
+    n_folds: int = Field(ge=2, le=20)
+    alignment: AlignmentConfig
+    require_all_criteria: bool
+
+
+class Params(_Strict):
+    seed: int = Field(ge=0)
+    data: DataConfig
+    prepare: PrepareConfig
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the sub-model that `loc` points into (for unknown-key messages)."""
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            break
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            break
+    return list(model.model_fields)
+
+
+def _format_error(err: dict[str, Any], source: str) -> str:
+    key = ".".join(str(p) for p in err["loc"]) or "<root>"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(Params, err["loc"][:-1])
+        close = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return f"{source}: unknown key '{key}' (allowed here: {', '.join(allowed)}){hint}"
+    if kind == "missing":
+        return f"{source}: missing key '{key}'"
+    value = err.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    return f"{source}: {key}: {err['msg']}{shown}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse one `key.path=value` override; the value is read as YAML, like `dvc exp run -S`."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set '{text}': expected key=value, e.g. --set prepare.n_folds=3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise UserError(f"--set '{text}': value is not valid YAML ({exc.problem})") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of `raw` with dotted-key overrides applied (new keys are caught by the schema)."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                prefix = ".".join(path[: i + 1])
+                raise UserError(f"--set '{text}': '{prefix}' is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a params file as a mapping, with one-line errors for the usual faults."""
+    if not path.is_file():
+        raise UserError(f"params file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of sections at the top level")
+    return data
+
+
+def validate(raw: dict[str, Any], source: str = "params") -> Params:
+    """Validate a params mapping; raise UserError listing each bad key on its own line."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_format_error(e, source) for e in exc.errors()]
+        raise UserError("\n".join(lines)) from None
+
+
+def load_params(path: Path | str = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Read, override and validate params.yaml."""
+    path = Path(path)
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    return validate(raw, source=str(path))

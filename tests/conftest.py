@@ -1,0 +1,98 @@
+"""Shared fixtures: the real params.yaml, a CLI runner, and a hand-written ReDSM5 bundle with every quirk."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from dsm5lab.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A scratch project folder holding a copy of the real params.yaml; the cwd during the test."""
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CI", "true")
+    return tmp_path
+
+
+@pytest.fixture
+def cli():
+    """Run `dsm5lab ARGS...` in-process; returns click's Result (exit_code, stdout, stderr)."""
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+def default_params() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+# Posts with the quirks real ReDSM5 has: quoted multi-line text, curly quotes, emoji,
+# an em dash, CRLF line ends, and a UTF-8 BOM at the start of each file.
+QUIRKY_POSTS = [
+    ("p1", "I don’t enjoy anything anymore.\r\nEven gaming feels pointless — I just stare at the screen.\r\nAnyway, thanks for reading 😔"),
+    ("p2", 'My mom says "you look tired" every day. I sleep maybe three hours a night. I\'m not sad though, just worn out.'),
+    ("p3", "Work is fine. I have tons of energy lately, honestly. Dr. Smith changed my meds last week."),
+    ("p4", "I feel like a burden to everyone around me. Sometimes I think everyone would be better off without me."),
+    ("p5", "Just a quick question about the subreddit rules."),
+    ("p6", "Can't focus on anything at school. My grades are dropping and I can’t decide what to do."),
+    ("p7", "Long day. Nothing else to say really."),
+]
+QUIRKY_ANNOTATIONS = [
+    # exact match
+    ("p1", "p1_0", "I don’t enjoy anything anymore.", "ANHEDONIA", "1", "Loss of pleasure (A.2)."),
+    # straight quote in the annotation, curly in the post -> normalised match
+    ("p1", "p1_1", "Even gaming feels pointless - I just stare at the screen.", "ANHEDONIA", "1", "Loss of interest."),
+    # whitespace and case drift -> normalised match
+    ("p2", "p2_1", "i  sleep maybe three hours\na night.", "SLEEP_ISSUES", "1", "Insomnia (A.4)."),
+    # hard negative (status 0)
+    ("p2", "p2_2", "I'm not sad though, just worn out.", "DEPRESSED_MOOD", "0", "Denies low mood."),
+    # one sentence, two symptoms
+    ("p2", "p2_2", "I'm not sad though, just worn out.", "FATIGUE", "1", "Reports exhaustion (A.6)."),
+    ("p3", "p3_1", "I have tons of energy lately, honestly.", "FATIGUE", "0", "Opposite of fatigue."),
+    ("p3", "p3_2", "Dr. Smith changed my meds last week.", "SPECIAL_CASE", "1", "Medication change."),
+    # a word swapped -> fuzzy match
+    ("p4", "p4_0", "I feel like such a burden to everyone around me.", "WORTHLESSNESS", "1", "Feels a burden (A.7)."),
+    ("p4", "p4_1", "Sometimes I think everyone would be better off without me.", "SUICIDAL_THOUGHTS", "1", "Passive ideation (A.9)."),
+    # exact duplicate row -> rejected and counted
+    ("p4", "p4_1", "Sometimes I think everyone would be better off without me.", "SUICIDAL_THOUGHTS", "1", "Passive ideation (A.9)."),
+    # paraphrased beyond recognition -> unaligned, still counts for the post label
+    ("p6", "p6_0", "Concentration has completely collapsed recently.", "COGNITIVE_ISSUES", "1", "Poor concentration (A.8)."),
+    ("p6", "p6_1", "I can’t decide what to do.", "COGNITIVE_ISSUES", "1", "Indecisiveness (A.8)."),
+    # the post's only annotation cannot be aligned: the post label must still count
+    ("p7", "p7_0", "I have been sleeping fourteen hours every single day.", "SLEEP_ISSUES", "1", "Hypersomnia (A.4)."),
+]
+
+
+def write_bundle(directory: Path, posts=QUIRKY_POSTS, annotations=QUIRKY_ANNOTATIONS, bom: bool = True) -> Path:
+    """Write a ReDSM5-style CSV pair with csv-module quoting (multi-line fields quoted)."""
+    import csv
+    import io
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, header, rows in (
+        ("redsm5_posts.csv", ["post_id", "text"], posts),
+        ("redsm5_annotations.csv", ["post_id", "sentence_id", "sentence_text", "DSM5_symptom", "status", "explanation"], annotations),
+    ):
+        buf = io.StringIO(newline="")
+        writer = csv.writer(buf, lineterminator="\r\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+        (directory / name).write_bytes((b"\xef\xbb\xbf" if bom else b"") + buf.getvalue().encode("utf-8"))
+    return directory
+
+
+@pytest.fixture
+def quirky_dir(tmp_path) -> Path:
+    return write_bundle(tmp_path / "redsm5")
