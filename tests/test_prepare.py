@@ -1,0 +1,159 @@
+"""The prepare stage end to end on the synthetic source: outputs, statistics, determinism, dry run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dsm5lab.data.labels import (
+    REDSM5_MEAN_WORDS,
+    REDSM5_POSTS,
+    REDSM5_POSTS_PER_LABEL,
+    REDSM5_SYMPTOM_FREE_POSTS,
+    SYMPTOMS,
+)
+from dsm5lab.data.schema import COLUMNS, read_table
+
+OUTPUTS = ("stages/prepare", "metrics/prepare.json", "reports/prepare")
+
+
+def output_bytes(root: Path) -> dict[str, bytes]:
+    files = {}
+    for top in OUTPUTS:
+        p = root / top
+        for f in [p] if p.is_file() else sorted(p.rglob("*")):
+            if f.is_file():
+                files[str(f.relative_to(root))] = f.read_bytes()
+    return files
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """One prepare run at the default (ReDSM5-sized) synthetic settings, shared by the tests below."""
+    import os
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from conftest import ROOT
+    from dsm5lab.cli import app
+
+    root = tmp_path_factory.mktemp("default")
+    shutil.copy(ROOT / "params.yaml", root / "params.yaml")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        result = CliRunner().invoke(app, ["prepare"], catch_exceptions=False)
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 0, result.output
+    return root, result
+
+
+def test_writes_every_output(default_run):
+    root, result = default_run
+    out = root / "stages/prepare"
+    for name in COLUMNS:
+        table = read_table(out, name)
+        assert list(table.columns) == list(COLUMNS[name])
+    assert json.loads((out / "criteria.json").read_text())["criteria"][0]["id"] == "A.1"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["origin"].startswith("synthetic:") and len(manifest["fingerprint"]) == 64
+    for split in ("train", "val", "test"):
+        plot = pd.read_csv(root / f"reports/prepare/label_distribution/{split}.csv")
+        assert list(plot.columns) == ["criterion", "posts", "share"] and len(plot) == 11
+    assert "alignment: exact" in result.stdout and "DEPRESSED_MOOD" in result.stdout
+
+
+def test_metrics_are_consistent_with_tables(default_run):
+    root, _ = default_run
+    m = json.loads((root / "metrics/prepare.json").read_text())
+    posts = read_table(root / "stages/prepare", "posts")
+    ann = read_table(root / "stages/prepare", "annotations")
+    assert m["posts"]["total"] == len(posts) == sum(m["posts"][s] for s in ("train", "val", "test"))
+    assert sum(m["alignment"][k] for k in ("exact", "normalized", "fuzzy", "unaligned")) == len(ann)
+    assert m["alignment"]["normalized"] > 0 and m["alignment"]["fuzzy"] > 0 and m["alignment"]["unaligned"] > 0
+    assert m["alignment"]["aligned_share"] > 0.97
+    assert set(m["rejected"]) >= {"duplicate_annotation", "empty_sentence_text"}
+    assert m["folds"]["k"] == 5 and m["folds"]["criteria_missing"] == 0
+
+
+def test_synthetic_statistics_match_redsm5_through_the_loader(default_run):
+    root, _ = default_run
+    posts = read_table(root / "stages/prepare", "posts")
+    assert len(posts) == REDSM5_POSTS
+    for label, expected in REDSM5_POSTS_PER_LABEL.items():
+        got = int(posts[label].sum())
+        assert abs(got - expected) <= 0.1 * expected, (label, got, expected)
+    free = int(posts["NO_SYMPTOMS"].sum())
+    assert abs(free - REDSM5_SYMPTOM_FREE_POSTS) <= 0.1 * REDSM5_SYMPTOM_FREE_POSTS
+    assert abs(posts["n_words"].mean() - REDSM5_MEAN_WORDS) <= 0.1 * REDSM5_MEAN_WORDS
+
+
+def test_splits_are_disjoint_and_cover_every_criterion(default_run):
+    root, _ = default_run
+    posts = read_table(root / "stages/prepare", "posts")
+    sentences = read_table(root / "stages/prepare", "sentences")
+    groups = {s: set(posts.loc[posts["split"] == s, "post_id"]) for s in ("train", "val", "test")}
+    assert not (groups["train"] & groups["val"]) and not (groups["train"] & groups["test"]) and not (groups["val"] & groups["test"])
+    for label in SYMPTOMS:
+        for split, ids in groups.items():
+            assert posts.loc[posts["post_id"].isin(ids), label].sum() > 0, (label, split)
+        for fold in range(5):
+            assert posts.loc[posts["fold"] == fold, label].sum() > 0, (label, fold)
+    # sentence and annotation tables inherit the post's split
+    split_of = posts.set_index("post_id")["split"]
+    assert (sentences["split"] == sentences["post_id"].map(split_of)).all()
+
+
+def test_test_evidence_is_mostly_unseen_phrasing(default_run):
+    root, _ = default_run
+    s = read_table(root / "stages/prepare", "sentences")
+    evidence = s[(s[list(SYMPTOMS)] == 1).any(axis=1)]
+    train = set(evidence.loc[evidence["split"] == "train", "text"].str.lower())
+    test = evidence.loc[evidence["split"] == "test", "text"].str.lower().drop_duplicates()
+    unseen = (~test.isin(train)).mean()
+    assert unseen >= 0.7, unseen
+
+
+def test_two_runs_are_byte_identical(default_run, tmp_path, monkeypatch, cli):
+    root, _ = default_run
+    import shutil
+
+    shutil.copy(root / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    assert cli("prepare").exit_code == 0
+    assert output_bytes(tmp_path) == output_bytes(root)
+
+
+def test_other_seed_changes_the_split(workdir, cli):
+    assert cli("prepare", "--set", "data.synthetic.n_posts=200").exit_code == 0
+    first = read_table(workdir / "stages/prepare", "posts")["split"].tolist()
+    assert cli("prepare", "--set", "data.synthetic.n_posts=200", "--set", "seed=43").exit_code == 0
+    second = read_table(workdir / "stages/prepare", "posts")["split"].tolist()
+    assert first != second
+
+
+def test_dry_run_writes_nothing(workdir, cli):
+    result = cli("prepare", "--dry-run", "--set", "data.synthetic.n_posts=200")
+    assert result.exit_code == 0, result.output
+    assert "dry run: nothing written" in result.stdout and "posts" in result.stdout
+    assert sorted(p.name for p in workdir.iterdir()) == ["params.yaml"]
+
+
+def test_synth_command_writes_the_bundle(workdir, cli):
+    result = cli("synth", "--out", "bundle", "--set", "data.synthetic.n_posts=50")
+    assert result.exit_code == 0, result.output
+    posts = pd.read_csv(workdir / "bundle/redsm5_posts.csv")
+    assert len(posts) == 50 and list(posts.columns) == ["post_id", "text"]
+
+
+def test_python_dash_m_entry_point(workdir):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "dsm5lab", "--help"], capture_output=True, text=True, check=True)
+    assert "prepare" in out.stdout
