@@ -72,3 +72,11 @@ def test_named_split_that_does_not_exist(offline, saved_dataset):
 def test_hub_id_not_cached_offline(offline):
     with pytest.raises(UserError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE is set"):
         read_hf(hf_cfg("irlab-udc/redsm5"))
+
+
+def test_gated_dataset_message():
+    from dsm5lab.data.sources import _hf_error
+
+    exc = ConnectionError("Dataset 'irlab-udc/redsm5' is a gated dataset on the Hub. You must be authenticated to access it.")
+    msg = str(_hf_error(exc, "irlab-udc/redsm5"))
+    assert "is gated on the Hub" in msg and "https://huggingface.co/datasets/irlab-udc/redsm5" in msg
