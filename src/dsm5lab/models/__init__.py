@@ -1,0 +1,1 @@
+"""Model components: the encoder backbone, poolings, criteria and evidence heads, the CRF."""
