@@ -1,0 +1,262 @@
+"""Tracker on a real sqlite MLflow store and dvclive folder; an unreachable MLflow buffers and replays."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from dsm5lab.tracking import BUFFER, Tracker, TrackingSettings, default_tags, replay, resolve_uri
+
+UNREACHABLE = "http://127.0.0.1:9"  # discard port: connection refused at once
+
+# MLflow's own sqlalchemy usage, not ours.
+pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
+
+
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory) -> str:
+    # One store for the module: creating a sqlite store runs MLflow's migrations (~1 s each).
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MLflow puts artifacts in ./mlruns of the cwd
+    monkeypatch.setenv("CI", "true")
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    for var in ("MLFLOW_TRACKING_URI", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_ROOT", "DVCLIVE_RESUME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+
+
+def settings(tmp_path: Path, uri: str, experiment: str, **kw) -> TrackingSettings:
+    kw.setdefault("live_dir", tmp_path / "live")
+    return TrackingSettings(mlflow_uri=uri, experiment=experiment, run_name="run", run_dir=tmp_path / "run",
+                            **kw)
+
+
+def client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def steps_and_values(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    history = client(uri).get_metric_history(run_id, key)
+    return sorted((m.step, m.value) for m in history)
+
+
+def tsv_steps(live_dir: Path, name: str) -> list[int]:
+    with (live_dir / "plots" / "metrics" / f"{name}.tsv").open() as fh:
+        return [int(row["step"]) for row in csv.DictReader(fh, delimiter="\t")]
+
+
+def tracking_warnings(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "dsm5lab.tracking" and r.levelno == logging.WARNING]
+
+
+def test_import_stays_light():
+    code = "import sys, dsm5lab.tracking; print(sorted({'mlflow', 'dvclive', 'dvc'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_everything_reaches_mlflow_and_dvclive(tmp_path, mlflow_uri):
+    subprocess.run(["git", "init", "-q"], check=True)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    s = settings(tmp_path, mlflow_uri, "roundtrip", tags={"stage": "train"})
+    report = tmp_path / "report.json"
+    report.write_text("{}")
+    with Tracker(s) as t:
+        t.log_params({"model": {"lr": 0.001, "layers": [1, 2]}, "seed": 7, "out": tmp_path})
+        for step in range(3):
+            t.log_metrics({"train/loss": 1.0 / (step + 1), "val/macro_f1": 0.1 * step}, step=step)
+        t.log_summary({"test/macro_f1": 0.42})
+        t.log_artifacts(report, "reports")
+        run_id = t.mlflow_run_id
+
+    import mlflow
+
+    assert mlflow.active_run() is None
+    run = client(mlflow_uri).get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "run"
+    assert run.data.params == {"model.lr": "0.001", "model.layers": "[1, 2]", "seed": "7",
+                               "out": str(tmp_path)}
+    loss = steps_and_values(mlflow_uri, run_id, "train/loss")
+    assert loss == [(0, 1.0), (1, 0.5), (2, pytest.approx(1 / 3))]
+    assert steps_and_values(mlflow_uri, run_id, "test/macro_f1") == [(0, 0.42)]
+    assert run.data.tags["git_commit"] == head and run.data.tags["stage"] == "train"
+    assert [f.path for f in client(mlflow_uri).list_artifacts(run_id, "reports")] == ["reports/report.json"]
+    assert (tmp_path / "run" / "mlflow_run_id").read_text().strip() == run_id
+
+    summary = json.loads((tmp_path / "live" / "metrics.json").read_text())
+    assert summary["test"] == {"macro_f1": 0.42} and summary["val"]["macro_f1"] == pytest.approx(0.2)
+    assert summary["step"] == 2
+    assert tsv_steps(tmp_path / "live", "train/loss") == [0, 1, 2]
+    assert "model.lr: 0.001" in (tmp_path / "live" / "params.yaml").read_text()
+    assert not (tmp_path / "live" / "dvc.yaml").exists() and not (tmp_path / "dvc.yaml").exists()
+
+
+def test_unreachable_mlflow_buffers_and_replays_once(tmp_path, mlflow_uri, caplog):
+    s = settings(tmp_path, UNREACHABLE, "replayed", tags={"stage": "hpo"})
+    with caplog.at_level(logging.WARNING, logger="dsm5lab.tracking"), Tracker(s) as t:
+        t.log_params({"optim": {"lr": 0.01}})
+        with t.child("trial 0") as trial:
+            trial.log_metrics({"val/loss": 0.9}, step=0)
+        for step in range(3):
+            t.log_metrics({"train/loss": 1.0 - step / 10}, step=step)
+        t.log_summary({"test/micro_f1": 0.5})
+    assert t.mlflow_run_id is None
+    [warning] = tracking_warnings(caplog)
+    assert UNREACHABLE in warning.getMessage()
+    assert tsv_steps(tmp_path / "live", "train/loss") == [0, 1, 2]  # dvclive kept going
+
+    lines = [json.loads(x) for x in (s.run_dir / BUFFER).read_text().splitlines()]
+    assert [x["type"] for x in lines] == ["tags", "params", "metrics", "metrics", "metrics", "metrics", "end"]
+    assert all(x["run_name"] == "run" and x["experiment"] == "replayed" for x in lines)
+    assert [x["step"] for x in lines[2:6]] == [0, 1, 2, None] and all(x["timestamp"] for x in lines[2:6])
+    child_lines = [json.loads(x) for x in (s.run_dir / "trial_0" / BUFFER).read_text().splitlines()]
+    assert [x["type"] for x in child_lines] == ["tags", "metrics", "end"]
+    assert all(x["parent"] == "run" for x in child_lines)
+
+    assert replay(s.run_dir, uri=mlflow_uri) == len(lines) + len(child_lines)
+    mc = client(mlflow_uri)
+    exp = mc.get_experiment_by_name("replayed")
+    runs = {r.info.run_name: r for r in mc.search_runs([exp.experiment_id])}
+    parent, trial = runs["run"], runs["trial 0"]
+    assert parent.data.params == {"optim.lr": "0.01"} and parent.data.tags["stage"] == "hpo"
+    assert parent.info.status == "FINISHED"
+    assert steps_and_values(mlflow_uri, parent.info.run_id, "train/loss") == [(0, 1.0), (1, 0.9), (2, 0.8)]
+    assert parent.data.metrics["test/micro_f1"] == 0.5
+    assert trial.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert trial.data.metrics == {"val/loss": 0.9}
+
+    assert replay(s.run_dir, uri=mlflow_uri) == 0
+    assert (s.run_dir / (BUFFER + ".replayed")).exists() and not (s.run_dir / BUFFER).exists()
+    assert len(mc.search_runs([exp.experiment_id])) == 2
+
+
+def test_failure_mid_run_buffers_the_rest_and_replay_continues_it(tmp_path, mlflow_uri, caplog, monkeypatch):
+    s = settings(tmp_path, mlflow_uri, "mid-run", live_dir=None)
+
+    calls = []
+
+    def down(*args, **kwargs):
+        calls.append(args)
+        raise ConnectionError("server went away")
+
+    with caplog.at_level(logging.WARNING, logger="dsm5lab.tracking"), Tracker(s) as t:
+        t.log_metrics({"train/loss": 1.0}, step=0)
+        monkeypatch.setattr(t._ml.client, "log_batch", down)
+        monkeypatch.setattr(t._ml.client, "set_terminated", down)
+        t.log_metrics({"train/loss": 0.5}, step=1)
+        t.log_metrics({"train/loss": 0.25}, step=2)
+    monkeypatch.undo()
+    assert len(tracking_warnings(caplog)) == 1 and len(calls) == 1  # no retry per record once it failed
+    run_id = t.mlflow_run_id
+    assert steps_and_values(mlflow_uri, run_id, "train/loss") == [(0, 1.0)]
+    assert client(mlflow_uri).get_run(run_id).info.status == "RUNNING"
+
+    assert replay(s.run_dir / BUFFER, uri=mlflow_uri) == 3
+    assert steps_and_values(mlflow_uri, run_id, "train/loss") == [(0, 1.0), (1, 0.5), (2, 0.25)]
+    assert client(mlflow_uri).get_run(run_id).info.status == "FINISHED"
+    exp = client(mlflow_uri).get_experiment_by_name("mid-run")
+    assert len(client(mlflow_uri).search_runs([exp.experiment_id])) == 1
+
+
+@pytest.mark.parametrize(("error", "status"), [(RuntimeError, "FAILED"), (KeyboardInterrupt, "KILLED")])
+def test_escaping_exception_sets_status_and_closes_dvclive(tmp_path, mlflow_uri, error, status):
+    s = settings(tmp_path, mlflow_uri, f"status-{status}")
+    with pytest.raises(error), Tracker(s) as t:
+        t.log_metrics({"train/loss": 2.0}, step=5)
+        raise error("boom")
+    assert client(mlflow_uri).get_run(t.mlflow_run_id).info.status == status
+    assert json.loads((tmp_path / "live" / "metrics.json").read_text()) == {"train": {"loss": 2.0}, "step": 5}
+    import mlflow
+
+    assert mlflow.active_run() is None
+
+
+def test_child_runs_are_nested_under_the_parent(tmp_path, mlflow_uri):
+    s = settings(tmp_path, mlflow_uri, "nested", tags={"stage": "hpo"})
+    child_ids = []
+    with Tracker(s) as study:
+        for trial in range(2):
+            with study.child(f"trial-{trial}") as t:
+                assert t.settings.live_dir is None and t.settings.run_dir == s.run_dir / f"trial-{trial}"
+                t.log_metrics({"val/macro_f1": 0.1 * trial}, step=0)
+                child_ids.append(t.mlflow_run_id)
+    mc = client(mlflow_uri)
+    for child_id in child_ids:
+        run = mc.get_run(child_id)
+        assert run.data.tags["mlflow.parentRunId"] == study.mlflow_run_id
+        assert run.data.tags["stage"] == "hpo" and run.info.status == "FINISHED"
+    # Children write no dvclive output of their own.
+    assert sorted(p.name for p in (tmp_path / "live").iterdir()) == ["metrics.json"]
+
+
+def test_events_are_json_lines_with_time_and_kind(tmp_path, mlflow_uri):
+    s = settings(tmp_path, UNREACHABLE, "events", live_dir=None)
+    with Tracker(s) as t:
+        t.event("epoch_end", epoch=1, checkpoint=tmp_path / "ckpt.pt")
+        t.event("early_stop", patience=3)
+    lines = [json.loads(x) for x in (s.run_dir / "events.jsonl").read_text().splitlines()]
+    assert [x["kind"] for x in lines] == ["run_start", "epoch_end", "early_stop", "run_end"]
+    assert all(datetime.fromisoformat(x["time"]).tzinfo is not None for x in lines)
+    assert lines[1]["checkpoint"] == str(tmp_path / "ckpt.pt") and lines[-1]["status"] == "FINISHED"
+
+
+def test_resume_keeps_dvclive_steps_and_the_mlflow_run(tmp_path, mlflow_uri):
+    s = settings(tmp_path, mlflow_uri, "resume")
+    with Tracker(s) as t:
+        for step in range(3):
+            t.log_metrics({"train/loss": float(step), "val/f1": 0.1}, step=step)
+        first_id = t.mlflow_run_id
+    resumed = TrackingSettings(**{**s.__dict__, "resume": True})
+    with Tracker(resumed) as t:
+        for step in (3, 4):
+            t.log_metrics({"train/loss": float(step), "val/f1": 0.1}, step=step)
+        assert t.mlflow_run_id == first_id
+    assert tsv_steps(tmp_path / "live", "train/loss") == [0, 1, 2, 3, 4]
+    assert json.loads((tmp_path / "live" / "metrics.json").read_text()) == {
+        "train": {"loss": 4.0}, "val": {"f1": 0.1}, "step": 4}
+    assert [step for step, _ in steps_and_values(mlflow_uri, first_id, "train/loss")] == [0, 1, 2, 3, 4]
+    assert client(mlflow_uri).get_run(first_id).info.status == "FINISHED"
+
+    # Resuming from an older checkpoint redoes steps 3-4: dvclive must not hold them twice.
+    with Tracker(resumed) as t:
+        t.log_metrics({"train/loss": 30.0}, step=3)
+    assert tsv_steps(tmp_path / "live", "train/loss") == [0, 1, 2, 3]
+    assert tsv_steps(tmp_path / "live", "val/f1") == [0, 1, 2]
+    assert json.loads((tmp_path / "live" / "metrics.json").read_text())["step"] == 3
+
+
+def test_a_fresh_run_does_not_append_to_an_old_buffer(tmp_path):
+    s = settings(tmp_path, UNREACHABLE, "fresh", live_dir=None)
+    for _ in range(2):
+        with Tracker(s) as t:
+            t.log_metrics({"train/loss": 1.0}, step=0)
+    buffers = sorted(p.name for p in s.run_dir.glob("mlflow_buffer*.jsonl"))
+    assert len(buffers) == 2 and BUFFER in buffers
+    assert all(len(p.read_text().splitlines()) == 3 for p in s.run_dir.glob("mlflow_buffer*.jsonl"))
+
+
+def test_default_tags_and_uri(tmp_path, monkeypatch):
+    assert "git_commit" not in default_tags()  # tmp_path is no git repository
+    monkeypatch.setenv("DVC_EXP_NAME", "brisk-lark")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "abc123")
+    assert default_tags() == {"dvc_exp_name": "brisk-lark", "dvc_exp_baseline": "abc123"}
+    assert resolve_uri(None) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert resolve_uri(None) == "http://mlflow.example:5000"
+    assert resolve_uri("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
