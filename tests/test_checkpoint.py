@@ -1,0 +1,345 @@
+"""Checkpoints: retention policy, atomic save/load with RNG, crash recovery, the manager, the disk guard."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import namedtuple
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dsm5lab.errors import UserError
+from dsm5lab.training import checkpoint as ckpt
+from dsm5lab.training.checkpoint import (
+    CheckpointManager,
+    check_free_space,
+    load_checkpoint,
+    plan_retention,
+    save_checkpoint,
+)
+
+
+def rec(step, score, run="a"):
+    return {"path": f"step-{step:08d}", "step": step, "score": score, "run": run}
+
+
+def steps(records):
+    return [r["step"] for r in records]
+
+
+# --- plan_retention ------------------------------------------------------------------------------
+
+
+def test_retention_best_k_and_last_n():
+    records = [rec(1, 0.5), rec(2, 0.9), rec(3, 0.7), rec(4, 0.1), rec(5, 0.2)]
+    keep, delete = plan_retention(records, keep_best_k=2, keep_last_n=1)
+    assert steps(keep) == [2, 3, 5]
+    assert steps(delete) == [1, 4]
+
+
+def test_retention_min_mode_and_ties_prefer_later_step():
+    records = [rec(1, 0.3), rec(2, 0.3), rec(3, 0.8)]
+    assert steps(plan_retention(records, 1, 0, mode="min")[0]) == [2]
+    assert steps(plan_retention(records, 1, 0, mode="max")[0]) == [3]
+    assert steps(plan_retention([rec(1, 0.8), rec(2, 0.8), rec(3, 0.1)], 1, 0)[0]) == [2]
+
+
+def test_retention_none_nan_inf_never_best():
+    records = [rec(1, None), rec(2, float("nan")), rec(3, float("inf")), rec(4, 0.2), rec(5, None)]
+    keep, delete = plan_retention(records, keep_best_k=1, keep_last_n=0)
+    assert steps(keep) == [4]
+    assert steps(delete) == [1, 2, 3, 5]
+    # only unscored records: nothing is "best", last N still applies
+    keep, _ = plan_retention([rec(1, None), rec(2, float("nan"))], keep_best_k=3, keep_last_n=1)
+    assert steps(keep) == [2]
+
+
+def test_retention_keep_best_zero_still_keeps_the_best():
+    records = [rec(1, 0.9), rec(2, 0.1), rec(3, 0.2)]
+    keep, delete = plan_retention(records, keep_best_k=0, keep_last_n=1)
+    assert steps(keep) == [1, 3]
+    assert steps(delete) == [2]
+    assert steps(plan_retention(records, 0, 0)[0]) == [1]
+
+
+def test_retention_last_n_is_per_run():
+    records = [rec(step, 0.9 if step == 6 else 0.1, "ab"[step % 2 == 0]) for step in range(1, 7)]
+    keep, _ = plan_retention(records, keep_best_k=0, keep_last_n=2)
+    assert steps(keep) == [3, 4, 5, 6]
+    # records without a run share one group
+    keep, _ = plan_retention([{"path": "x", "step": s, "score": None} for s in (1, 2, 3)], 0, 1)
+    assert steps(keep) == [3]
+
+
+def test_retention_rejects_bad_policy():
+    with pytest.raises(ValueError):
+        plan_retention([], 1, 1, mode="best")
+    with pytest.raises(ValueError):
+        plan_retention([], -1, 1)
+
+
+scores = st.one_of(st.none(), st.just(float("nan")), st.just(float("-inf")),
+                   st.floats(-10, 10, allow_nan=False), st.sampled_from([0.0, 0.5, 1.0]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(scores, st.sampled_from(["a", "b", "c"])), max_size=25),
+    st.integers(0, 5),
+    st.integers(0, 5),
+    st.sampled_from(["max", "min"]),
+)
+def test_retention_properties(items, keep_best_k, keep_last_n, mode):
+    records = [rec(step, score, run) for step, (score, run) in enumerate(items)]
+    keep, delete = plan_retention(records, keep_best_k, keep_last_n, mode)
+    assert sorted(steps(keep) + steps(delete)) == steps(records)
+    assert not set(steps(keep)) & set(steps(delete))
+    assert steps(keep) == sorted(steps(keep)) and steps(delete) == sorted(steps(delete))
+    runs = len({r["run"] for r in records})
+    assert len(keep) <= keep_best_k + keep_last_n * runs + 1
+    finite = [r for r in records if r["score"] is not None and math.isfinite(r["score"])]
+    if finite:
+        sign = 1 if mode == "max" else -1
+        best = max(finite, key=lambda r: (sign * r["score"], r["step"]))
+        assert best["step"] in steps(keep)
+
+
+# --- save / load ---------------------------------------------------------------------------------
+
+
+class Tied(torch.nn.Module):
+    """Shared weights (like tied embeddings) exercise safetensors' save_model."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(5, 4)
+        self.out = torch.nn.Linear(4, 5, bias=False)
+        self.out.weight = self.emb.weight
+        self.norm = torch.nn.LayerNorm(4)
+
+    def forward(self, x):
+        return self.out(self.norm(self.emb(x)))
+
+
+Trainer = namedtuple("Trainer", "model optimizer scheduler")
+
+
+def make_trainer(seed=0):
+    torch.manual_seed(seed)
+    model = Tied()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 / (1 + s))
+    return Trainer(model, optimizer, scheduler)
+
+
+def train_steps(t, n=3):
+    for _ in range(n):
+        loss = t.model(torch.randint(0, 5, (8,))).logsumexp(-1).mean()
+        loss.backward()
+        t.optimizer.step()
+        t.scheduler.step()
+        t.optimizer.zero_grad()
+
+
+def draws():
+    return torch.rand(4).tolist(), np.random.rand(4).tolist(), [random.random() for _ in range(4)]
+
+
+def test_save_load_round_trip(tmp_path):
+    random.seed(1)
+    np.random.seed(1)
+    t = make_trainer()
+    train_steps(t)
+    path = tmp_path / "ck"
+    save_checkpoint(path, t.model, optimizer=t.optimizer, scheduler=t.scheduler,
+                    state={"epoch": 1, "step": 3, "score": 0.5, "metric": "val/macro_f1", "best": 0.5},
+                    config={"model": {"hidden": 4}})
+    expected = draws()
+    expected_model = {k: v.clone() for k, v in t.model.state_dict().items()}
+    train_steps(t)  # move on: weights, optimizer, scheduler and RNG all change
+
+    fresh = make_trainer(seed=99)
+    state = load_checkpoint(path, fresh.model, optimizer=fresh.optimizer, scheduler=fresh.scheduler)
+    assert state["step"] == 3 and state["best"] == 0.5
+    assert draws() == expected
+    for k, v in fresh.model.state_dict().items():
+        assert torch.equal(v, expected_model[k]), k
+    assert fresh.model.out.weight is fresh.model.emb.weight
+    assert fresh.scheduler.last_epoch == 3
+    assert fresh.optimizer.state_dict()["state"][0]["step"].item() == 3
+
+    raw = torch.load(path / "trainer_state.pt", weights_only=True)
+    assert set(raw) >= {"optimizer", "scheduler", "scaler", "state", "rng"}
+    meta = json.loads((path / "meta.json").read_text())
+    assert (meta["step"], meta["score"], meta["metric"]) == (3, 0.5, "val/macro_f1") and meta["bytes"] > 0
+    assert json.loads((path / "config.json").read_text()) == {"model": {"hidden": 4}}
+
+
+def test_training_continues_identically_after_resume(tmp_path):
+    a = make_trainer()
+    train_steps(a, 2)
+    save_checkpoint(tmp_path / "ck", a.model, optimizer=a.optimizer, scheduler=a.scheduler,
+                    state={}, config={})
+    train_steps(a, 2)
+    b = make_trainer(seed=5)
+    load_checkpoint(tmp_path / "ck", b.model, optimizer=b.optimizer, scheduler=b.scheduler)
+    train_steps(b, 2)
+    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(va, vb), k
+
+
+def test_load_without_rng_restore_leaves_rng_alone(tmp_path):
+    t = make_trainer()
+    save_checkpoint(tmp_path / "ck", t.model, state={}, config={})
+    fresh = make_trainer().model
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    load_checkpoint(tmp_path / "ck", fresh, restore_rng=False)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_missing_or_incomplete_or_mismatched_checkpoint_is_a_user_error(tmp_path):
+    t = make_trainer()
+    with pytest.raises(UserError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope", t.model)
+    save_checkpoint(tmp_path / "ck", t.model, state={}, config={})
+    with pytest.raises(UserError, match="no optimizer state"):
+        load_checkpoint(tmp_path / "ck", t.model, optimizer=t.optimizer)
+    with pytest.raises(UserError, match=r"do not match the model: .*Missing key\(s\).*emb\.weight"):
+        load_checkpoint(tmp_path / "ck", torch.nn.Linear(4, 5))
+    (tmp_path / "ck" / "trainer_state.pt").unlink()
+    with pytest.raises(UserError, match=r"ck is incomplete: trainer_state\.pt is missing"):
+        load_checkpoint(tmp_path / "ck", t.model)
+
+
+def test_refuses_non_finite_weights_and_non_plain_state(tmp_path):
+    t = make_trainer()
+    with torch.no_grad():
+        t.model.norm.bias[0] = float("nan")
+    with pytest.raises(ValueError, match="norm.bias"):
+        save_checkpoint(tmp_path / "ck", t.model, state={}, config={})
+    assert not (tmp_path / "ck").exists() and not list(tmp_path.iterdir())
+    with pytest.raises(TypeError, match="ndarray"):
+        save_checkpoint(tmp_path / "ck2", make_trainer().model, state={"x": np.zeros(2)}, config={})
+    with pytest.raises(TypeError, match=r"state\['best'\] is a float64"):
+        save_checkpoint(tmp_path / "ck2", make_trainer().model, state={"best": np.float64(0.5)}, config={})
+
+
+def _fail_torch_save(monkeypatch):
+    def boom(*args, **kwargs):
+        raise OSError("disk died")
+
+    monkeypatch.setattr(ckpt.torch, "save", boom)
+
+
+def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    t = make_trainer()
+    save_checkpoint(tmp_path / "ck", t.model, state={"step": 1}, config={})
+    train_steps(t)
+    _fail_torch_save(monkeypatch)
+    with pytest.raises(OSError, match="disk died"):
+        save_checkpoint(tmp_path / "ck", t.model, state={"step": 2}, config={})
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+    assert load_checkpoint(tmp_path / "ck", make_trainer().model)["step"] == 1
+
+
+def test_killed_write_leaves_temp_dir_that_the_manager_removes(tmp_path, monkeypatch):
+    t = make_trainer()
+    manager = CheckpointManager(tmp_path, keep_last_n=2, keep_best_k=1)
+    first = manager.save(t.model, step=1, epoch=0, score=0.5, metric="m", state={}, config={})
+    # A kill runs no cleanup: disable the temp dir's removal, then fail after model.safetensors is written.
+    monkeypatch.setattr("dsm5lab.atomic.shutil.rmtree", lambda *a, **k: None)
+    _fail_torch_save(monkeypatch)
+    with pytest.raises(OSError):
+        manager.save(t.model, step=1, epoch=0, score=0.9, metric="m", state={}, config={})
+    monkeypatch.undo()
+    leftovers = [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    assert len(leftovers) == 1 and (leftovers[0] / "model.safetensors").exists()
+
+    resumed = CheckpointManager(tmp_path, keep_last_n=2, keep_best_k=1)
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    assert resumed.latest == first == resumed.best
+    assert load_checkpoint(first, make_trainer().model)["score"] == 0.5
+
+
+def test_manager_recovers_a_checkpoint_moved_aside(tmp_path):
+    """Killed between the two renames of a replace: the old copy comes back."""
+    t = make_trainer()
+    manager = CheckpointManager(tmp_path, keep_last_n=1, keep_best_k=0)
+    path = manager.save(t.model, step=7, epoch=0, score=0.1, metric="m", state={}, config={})
+    path.rename(tmp_path / f".{path.name}.old-12345")
+    (tmp_path / f".{path.name}.tmp-abc").mkdir()
+    resumed = CheckpointManager(tmp_path, keep_last_n=1, keep_best_k=0)
+    assert resumed.latest == path and path.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["registry.jsonl", path.name]
+
+
+# --- CheckpointManager ---------------------------------------------------------------------------
+
+
+def save_all(manager, model, scores, start=0):
+    return [manager.save(model, step=start + i, epoch=0, score=s, metric="val/f1", state={}, config={})
+            for i, s in enumerate(scores, 1)]
+
+
+def test_manager_keeps_best_k_and_last_n_and_resumes(tmp_path):
+    model = make_trainer().model
+    manager = CheckpointManager(tmp_path, keep_last_n=2, keep_best_k=2, run="r1")
+    paths = save_all(manager, model, [0.5, np.float64(0.9), 0.1, float("nan"), torch.tensor(0.2), 0.3])
+    on_disk = sorted(p.name for p in tmp_path.glob("step-*"))
+    # best 2: steps 2 (0.9) and 1 (0.5); last 2: steps 5 and 6
+    assert on_disk == [p.name for p in (paths[0], paths[1], paths[4], paths[5])]
+    assert manager.best == paths[1] and manager.latest == paths[5]
+    assert [r["step"] for r in manager.records] == [1, 2, 5, 6]
+
+    registry = [json.loads(line) for line in (tmp_path / "registry.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in registry] == [1, 2, 5, 6]
+    assert {"run", "epoch", "step", "score", "metric", "path", "bytes", "time"} <= set(registry[0])
+    assert registry[0]["path"] == "step-00000001" and registry[0]["bytes"] > 0
+
+    resumed = CheckpointManager(tmp_path, keep_last_n=2, keep_best_k=2, run="r1")
+    assert resumed.records == manager.records
+    assert resumed.best == paths[1] and resumed.latest == paths[5]
+    more = save_all(resumed, model, [0.4, float("inf")], start=6)
+    assert sorted(tmp_path.glob("step-*")) == [paths[0], paths[1], *more]
+    assert resumed.best == paths[1]
+
+
+def test_manager_never_deletes_the_best_and_nan_is_never_best(tmp_path):
+    model = make_trainer().model
+    manager = CheckpointManager(tmp_path, keep_last_n=1, keep_best_k=0, mode="min")
+    paths = save_all(manager, model, [float("nan"), 0.3, 0.1, 0.7, None, float("nan")])
+    assert manager.best == paths[2]
+    assert sorted(tmp_path.glob("step-*")) == [paths[2], paths[5]]
+    assert [r["score"] for r in manager.records] == [0.1, None]
+
+
+def test_manager_adopts_a_checkpoint_missing_from_the_registry(tmp_path):
+    """Killed after the checkpoint rename but before the registry write: the checkpoint is not lost."""
+    model = make_trainer().model
+    manager = CheckpointManager(tmp_path, keep_last_n=5, keep_best_k=1, run="r")
+    paths = save_all(manager, model, [0.2, 0.8])
+    registry = tmp_path / "registry.jsonl"
+    registry.write_text(registry.read_text().splitlines()[0] + "\n")
+    resumed = CheckpointManager(tmp_path, keep_last_n=5, keep_best_k=1, run="r")
+    assert resumed.best == paths[1] == resumed.latest
+    assert resumed.records[1]["run"] == "r" and resumed.records[1]["score"] == 0.8
+
+
+def test_disk_guard(tmp_path, monkeypatch):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda p: usage(100e9, 97.5e9, 2.5e9))
+    check_free_space(tmp_path / "not" / "yet", 2.0)
+    with pytest.raises(UserError, match=r"only 2\.5 GB free at .*below train\.checkpoint\.min_free_gb=5$"):
+        check_free_space(tmp_path / "not" / "yet", 5.0)
+    manager = CheckpointManager(tmp_path / "ckpts", keep_last_n=1, keep_best_k=1, min_free_gb=5)
+    with pytest.raises(UserError, match="min_free_gb"):
+        save_all(manager, make_trainer().model, [0.1])
+    assert not list((tmp_path / "ckpts").iterdir())
