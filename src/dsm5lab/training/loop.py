@@ -1,0 +1,450 @@
+"""The training loop: one function for the `train` stage, HPO trials and tests.
+
+forward -> loss -> backward -> clip -> step -> scheduler -> zero_grad -> log, with
+validation, checkpoints and early stopping at fixed points. Options change values
+in the loop, not its shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import random
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dsm5lab.config import Params
+from dsm5lab.data.criteria import load_criteria
+from dsm5lab.data.labels import SYMPTOMS
+from dsm5lab.data.schema import read_table
+from dsm5lab.errors import UserError
+from dsm5lab.evaluation.metrics import chance_macro_f1, multilabel_f1
+from dsm5lab.models.backbone import build_backbone
+from dsm5lab.models.multitask import ModelSpec, MultiTaskModel
+from dsm5lab.progress import progress
+from dsm5lab.training.checkpoint import CheckpointManager, load_checkpoint
+from dsm5lab.training.encoding import EncodeSpec, Encoder, Group, bucket_batches, collate
+from dsm5lab.training.losses import criteria_loss, pos_weight_from_counts
+from dsm5lab.training.optim import build_optimizer
+
+log = logging.getLogger("dsm5lab.train")
+
+# Validation metrics a run computes; train.early_stopping.metric must be one of those its task has.
+VAL_METRICS = {
+    "criteria": ("val/loss", "val/macro_f1", "val/micro_f1", "val/score"),
+    "evidence": ("val/loss", "val/sentence_macro_f1", "val/sentence_micro_f1", "val/score"),
+    "joint": ("val/loss", "val/macro_f1", "val/micro_f1", "val/sentence_macro_f1", "val/sentence_micro_f1", "val/score"),
+}
+
+
+class DivergedError(UserError):
+    """The loss became NaN or infinite; nothing from the diverged steps is saved."""
+
+    exit_code = 3
+
+
+@dataclass
+class RunPaths:
+    prepared: Path  # stages/prepare
+    model_out: Path | None  # where the final model is exported (None: keep only checkpoints)
+    checkpoints: Path  # this run's checkpoint scratch folder
+    live_dir: Path | None  # dvclive folder (None disables dvclive)
+
+
+@dataclass
+class TrainResult:
+    best: dict  # validation metrics at the best checkpoint, plus step and epoch
+    history: list[dict]  # every validation: step, epoch and metrics
+    steps: int
+    epochs_run: int
+    stopped_early: bool
+    throughput: dict
+    chance_macro_f1: float | None
+    best_checkpoint: Path | None
+    n_parameters: int
+    system: dict = field(default_factory=dict)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed python, numpy and torch; in deterministic mode ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def system_info(device: torch.device) -> dict:
+    """What the run ran on, logged once."""
+    import transformers
+
+    info = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "cpu_bf16": True,
+    }
+    if device.type == "cuda":
+        info.update(gpu=torch.cuda.get_device_name(device), cuda_bf16=torch.cuda.is_bf16_supported())
+    return info
+
+
+def autocast_for(device: torch.device, precision: str):
+    """The autocast context for a precision, or a null context for fp32."""
+    if precision == "fp32":
+        return nullcontext()
+    if device.type != "cuda" and precision == "fp16":
+        raise UserError("train.precision: fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def load_splits(prepared: Path, train_ids: list[str] | None, val_ids: list[str] | None):
+    """Posts and sentences of the train and validation parts (the prepare split unless ids are given)."""
+    posts = read_table(prepared, "posts")
+    sentences = read_table(prepared, "sentences")
+    train = posts[posts["post_id"].isin(train_ids)] if train_ids is not None else posts[posts["split"] == "train"]
+    val = posts[posts["post_id"].isin(val_ids)] if val_ids is not None else posts[posts["split"] == "val"]
+    if train.empty or val.empty:
+        raise UserError(f"{prepared}: the train or validation part is empty; rerun prepare")
+    return train.reset_index(drop=True), val.reset_index(drop=True), sentences
+
+
+def model_spec(params: Params) -> ModelSpec:
+    m, t = params.model, params.train
+    return ModelSpec(
+        task=t.task,
+        channels=len(SYMPTOMS) if t.input_format == "multi_label" else 1,
+        pooling=m.pooling,
+        criteria_head=m.criteria_head,
+        evidence_head=m.evidence_head,
+        hidden_dim=m.hidden_dim,
+        dropout=m.classifier_dropout,
+        coupling=t.task_coupling,
+        max_span_tokens=m.max_span_tokens,
+    )
+
+
+def encode_spec(params: Params, encoder_config) -> EncodeSpec:
+    m, t = params.model, params.train
+    return EncodeSpec(
+        input_format=t.input_format,
+        level=t.level,
+        max_length=m.max_length,
+        stride=m.stride,
+        max_chunks=m.max_chunks,
+        with_evidence=t.task in ("evidence", "joint"),
+        use_token_types=int(getattr(encoder_config, "type_vocab_size", 1)) > 1,
+    )
+
+
+def class_weights(groups: list[Group], loss: str, device) -> dict:
+    """pos_weight for weighted_bce from training counts: per channel for groups, and for evidence sentences."""
+    if loss != "weighted_bce":
+        return {"criteria": None, "sentence": None}
+    labels = np.stack([g.labels for g in groups])
+    out = {"criteria": pos_weight_from_counts(labels.sum(0).astype(int).tolist(), len(labels)).to(device),
+           "sentence": None}
+    sentences = [g.sentence_labels for g in groups if len(g.sentence_labels)]
+    if sentences:
+        s = np.concatenate(sentences)
+        out["sentence"] = pos_weight_from_counts(s.sum(0).astype(int).tolist(), len(s)).to(device)
+    return out
+
+
+def objective(out: dict, batch: dict, model: MultiTaskModel, params: Params, weights: dict) -> tuple[torch.Tensor, dict]:
+    """Weighted multi-task loss and its parts; `weights` are the class_weights of the training set."""
+    t = params.train
+    parts: dict[str, torch.Tensor] = {}
+    if "logits" in out:
+        parts["criteria"] = criteria_loss(
+            t.loss, out["logits"].float(), batch["labels"], pos_weight=weights["criteria"], focal_gamma=t.focal_gamma,
+            focal_alpha=t.focal_alpha, hybrid_weight=t.hybrid_weight, label_smoothing=t.label_smoothing,
+        )
+    if "evidence" in out:
+        ev = {k: v.float() for k, v in out["evidence"].items()}
+        parts["evidence"] = model.evidence_head.loss(
+            ev, batch["evidence_targets"], batch["attention_mask"], batch["window_channel_mask"]
+        )
+        if "sentence_logits" in out:
+            # sentences past max_chunks are in no window: their logit is -inf and they carry no loss
+            logits = out["sentence_logits"].float()
+            seen = torch.isfinite(logits).all(dim=1)
+            parts["sentence"] = criteria_loss(
+                t.loss, logits[seen], batch["sentence_labels"][seen], pos_weight=weights["sentence"],
+                focal_gamma=t.focal_gamma, focal_alpha=t.focal_alpha, hybrid_weight=t.hybrid_weight,
+            )
+    total = t.criteria_loss_weight * parts.get("criteria", 0.0) + t.evidence_loss_weight * (
+        parts.get("evidence", 0.0) + parts.get("sentence", 0.0)
+    )
+    return total, parts
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def predict(model, groups: list[Group], batch_size: int, pad_id: int, device, precision: str,
+            params: Params | None = None, weights: dict | None = None) -> dict:
+    """Probabilities per group (G, C), sentence probabilities per group, and the mean loss if params given."""
+    model.eval()
+    kind = model.spec.evidence_head if model.spec.has_evidence else None
+    order = [i for batch in bucket_batches([g.n_tokens for g in groups], batch_size, None) for i in batch]
+    probs = np.zeros((len(groups), model.spec.channels), dtype=np.float32)
+    sent_probs: list[np.ndarray | None] = [None] * len(groups)
+    losses, sizes = [], []
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = to_device(collate([groups[i] for i in idx], pad_id, kind, model.spec.max_span_tokens), device)
+        with autocast_for(device, precision):
+            out = model(batch)
+            if params is not None:
+                loss, _ = objective(out, batch, model, params, weights)
+                losses.append(loss.item())
+                sizes.append(len(idx))
+        if "logits" in out:
+            probs[idx] = torch.sigmoid(out["logits"].float()).cpu().numpy()
+        if "sentence_logits" in out:
+            sp = torch.sigmoid(out["sentence_logits"].float()).cpu().numpy()
+            owner = batch["sentence_group"].cpu().numpy()
+            for local, gi in enumerate(idx):
+                sent_probs[gi] = sp[owner == local]
+    model.train()
+    mean_loss = float(np.average(losses, weights=sizes)) if losses else float("nan")
+    return {"probs": probs, "sentence_probs": sent_probs, "loss": mean_loss}
+
+
+def post_matrix(groups: list[Group], values: np.ndarray, post_ids: list[str]) -> np.ndarray:
+    """Post x criterion matrix from group values: max over a post's groups (windows, sentences or pairs)."""
+    row = {pid: i for i, pid in enumerate(post_ids)}
+    out = np.zeros((len(post_ids), len(SYMPTOMS)), dtype=np.float32)
+    for g, v in zip(groups, values):
+        cols = slice(None) if g.criterion < 0 else slice(g.criterion, g.criterion + 1)
+        out[row[g.post_id], cols] = np.maximum(out[row[g.post_id], cols], v)
+    return out
+
+
+def sentence_matrix(groups: list[Group], sent_probs: list) -> tuple[np.ndarray, np.ndarray]:
+    """Stacked (sentences x criteria) gold labels and probabilities over all posts of the groups."""
+    per_post: dict[str, list] = {}
+    for g, sp in zip(groups, sent_probs):
+        gold, prob = per_post.setdefault(g.post_id, [np.zeros((len(g.sentence_labels), 9)), np.zeros((len(g.sentence_labels), 9))])
+        cols = slice(None) if g.criterion < 0 else slice(g.criterion, g.criterion + 1)
+        gold[:, cols] = g.sentence_labels
+        if sp is not None:
+            prob[:, cols] = sp
+    golds = [v[0] for v in per_post.values()]
+    probs = [v[1] for v in per_post.values()]
+    return np.concatenate(golds), np.concatenate(probs)
+
+
+def validation_metrics(groups, pred, val_posts: pd.DataFrame, task: str) -> dict:
+    """Post-level criteria F1 (threshold 0.5, macro over criteria present) and sentence-level evidence F1."""
+    metrics = {"val/loss": pred["loss"]}
+    scores = []
+    if task in ("criteria", "joint"):
+        ids = val_posts["post_id"].tolist()
+        gold = val_posts[list(SYMPTOMS)].to_numpy()
+        f1 = multilabel_f1(gold, post_matrix(groups, pred["probs"], ids) >= 0.5)
+        metrics.update({"val/macro_f1": f1["macro"], "val/micro_f1": f1["micro"]})
+        scores.append(f1["macro"])
+    if task in ("evidence", "joint"):
+        gold, prob = sentence_matrix(groups, pred["sentence_probs"])
+        f1 = multilabel_f1(gold, prob >= 0.5)
+        metrics.update({"val/sentence_macro_f1": f1["macro"], "val/sentence_micro_f1": f1["micro"]})
+        scores.append(f1["macro"])
+    metrics["val/score"] = float(np.mean(scores))
+    return metrics
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def fit(
+    params: Params,
+    paths: RunPaths,
+    tracker,
+    *,
+    resume: bool = False,
+    train_ids: list[str] | None = None,
+    val_ids: list[str] | None = None,
+    on_validation: Callable[[int, dict], None] | None = None,
+) -> TrainResult:
+    """Train the model that params describe; validate, checkpoint and stop early; export the best."""
+    t, m = params.train, params.model
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    seed_everything(params.seed, t.deterministic)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    metric = t.early_stopping.metric
+    if metric not in VAL_METRICS[t.task]:
+        raise UserError(f"train.early_stopping.metric: {metric!r} is not computed for task {t.task!r} "
+                        f"(allowed: {', '.join(VAL_METRICS[t.task])})")
+    train_posts, val_posts, sentences = load_splits(paths.prepared, train_ids, val_ids)
+    criteria = load_criteria(paths.prepared / "criteria.json")
+    # the built-in tokenizer learns its vocabulary from the training posts and the criterion descriptions
+    backbone = build_backbone(m, train_posts["text"].tolist(), [c.description for c in criteria])
+    spec = model_spec(params)
+    enc = Encoder(backbone.tokenizer, encode_spec(params, backbone.encoder.config), [c.description for c in criteria])
+    train_groups = enc.encode(train_posts, sentences)
+    val_groups = enc.encode(val_posts, sentences)
+    model = MultiTaskModel(backbone.encoder, backbone.hidden_size, spec).to(device)
+    pad_id = backbone.tokenizer.pad_token_id
+    kind = spec.evidence_head if spec.has_evidence else None
+    weights = class_weights(train_groups, t.loss, device)
+
+    micro, accum = t.batch_size, t.grad_accum_steps
+    if device.type == "cuda" and t.batch_probe.enabled:
+        micro, accum = _probe(model, train_groups, t, pad_id, kind, spec, device, params, weights)
+    batches_per_epoch = math.ceil(len(train_groups) / micro)
+    steps_per_epoch = math.ceil(batches_per_epoch / accum)
+    optimizer, scheduler = build_optimizer(model, t, steps_per_epoch * t.epochs)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and t.precision == "fp16")
+    manager = CheckpointManager(paths.checkpoints, keep_last_n=t.checkpoint.keep_last_n,
+                                keep_best_k=t.checkpoint.keep_best_k, mode="min" if metric == "val/loss" else "max",
+                                min_free_gb=t.checkpoint.min_free_gb, run=paths.checkpoints.name)
+    state = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "best_score": None, "bad_evals": 0,
+             "best": {}, "history": [], "train_seconds": 0.0, "train_groups": 0, "train_tokens": 0}
+    if resume and manager.latest is not None:
+        state = load_checkpoint(manager.latest, model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+        tracker.event("resume", checkpoint=str(manager.latest), step=state["step"], epoch=state["epoch"])
+    info = system_info(device)
+    tracker.event("system", **info)
+    tracker.log_params({**_flat(params.model_dump(include={"seed", "model", "train"})), "data.source": params.data.source,
+                        "train.micro_batch": micro, "train.accumulation": accum})
+    model_config = {"spec": spec.to_dict(), "backbone": m.backbone}
+    n_params = sum(p.numel() for p in model.parameters())
+    higher = metric != "val/loss"
+
+    def improved(score: float) -> bool:
+        best = state["best_score"]
+        if best is None:
+            return True
+        return score > best + t.early_stopping.min_delta if higher else score < best - t.early_stopping.min_delta
+
+    def validate_and_checkpoint(epoch: int, batch_in_epoch: int) -> bool:
+        """Validate, log, checkpoint; return True when early stopping says stop."""
+        pred = predict(model, val_groups, t.eval_batch_size, pad_id, device, t.precision, params, weights)
+        metrics = validation_metrics(val_groups, pred, val_posts, t.task)
+        tracker.log_metrics({**metrics, "train/epoch": epoch + batch_in_epoch / batches_per_epoch}, step=state["step"])
+        state["history"].append({"step": state["step"], "epoch": epoch, **metrics})
+        score = metrics[metric]
+        if math.isfinite(score) and improved(score):
+            state.update(best_score=score, bad_evals=0, best={"step": state["step"], "epoch": epoch, **metrics})
+        else:
+            state["bad_evals"] += 1
+        state.update(epoch=epoch, batch_in_epoch=batch_in_epoch)
+        manager.save(model, step=state["step"], epoch=epoch, score=score, metric=metric, optimizer=optimizer,
+                     scheduler=scheduler, scaler=scaler, state=state, config=model_config)
+        if on_validation is not None:
+            on_validation(state["step"], metrics)
+        return state["bad_evals"] >= t.early_stopping.patience
+
+    model.train()
+    stopped = False
+    start_epoch, skip = state["epoch"], state["batch_in_epoch"]
+    if skip >= batches_per_epoch:  # the checkpoint closed its epoch
+        start_epoch, skip = start_epoch + 1, 0
+    for epoch in range(start_epoch, t.epochs):
+        order = bucket_batches([g.n_tokens for g in train_groups], micro, np.random.default_rng([params.seed, epoch]))
+        tick = time.perf_counter()
+        for bi, idx in enumerate(progress(order, f"epoch {epoch + 1}/{t.epochs}", total=len(order))):
+            if bi < skip:
+                continue
+            batch = to_device(collate([train_groups[i] for i in idx], pad_id, kind, spec.max_span_tokens), device)
+            with autocast_for(device, t.precision):
+                out = model(batch)
+                loss, parts = objective(out, batch, model, params, weights)
+            if not torch.isfinite(loss):
+                raise DivergedError(
+                    f"train: loss is {loss.item()} at step {state['step']} (epoch {epoch + 1}); stopped without "
+                    "saving it. Lower train.learning_rate, keep train.max_grad_norm > 0, or use precision fp32"
+                )
+            scaler.scale(loss / accum).backward()
+            state["train_groups"] += len(idx)
+            state["train_tokens"] += int(batch["attention_mask"].sum())
+            last_in_epoch = bi + 1 == len(order)
+            if (bi + 1) % accum and not last_in_epoch:
+                continue
+            scaler.unscale_(optimizer)
+            if t.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] += 1
+            if state["step"] % t.log_every_steps == 0:
+                tracker.log_metrics({"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0],
+                                     **{f"train/loss_{k}": v.item() for k, v in parts.items()}}, step=state["step"])
+            if t.eval_every_steps and state["step"] % t.eval_every_steps == 0 and not last_in_epoch:
+                state["train_seconds"] += time.perf_counter() - tick
+                stopped = validate_and_checkpoint(epoch, bi + 1)
+                tick = time.perf_counter()
+                if stopped:
+                    break
+        skip = 0
+        if stopped:
+            break
+        state["train_seconds"] += time.perf_counter() - tick
+        if validate_and_checkpoint(epoch, len(order)):
+            stopped = True
+            break
+
+    secs = max(state["train_seconds"], 1e-9)
+    throughput = {"samples_per_s": state["train_groups"] / secs, "tokens_per_s": state["train_tokens"] / secs,
+                  "train_seconds": state["train_seconds"], "micro_batch": micro, "accumulation": accum}
+    chance = chance_macro_f1(val_posts[list(SYMPTOMS)].to_numpy()) if spec.has_criteria else None
+    result = TrainResult(
+        best=state["best"], history=state["history"], steps=state["step"], stopped_early=stopped,
+        epochs_run=(state["history"][-1]["epoch"] + 1) if state["history"] else 0, throughput=throughput,
+        chance_macro_f1=chance, best_checkpoint=manager.best, n_parameters=n_params, system=info,
+    )
+    if paths.model_out is not None and manager.best is not None:
+        from dsm5lab.models.saved import export_model
+
+        load_checkpoint(manager.best, model, restore_rng=False)
+        export_model(paths.model_out, model, backbone.tokenizer, enc.spec, criteria, result, m.backbone)
+    return result
+
+
+def _probe(model, groups, t, pad_id, kind, spec, device, params, weights) -> tuple[int, int]:
+    """On CUDA: the largest micro-batch of the longest groups that fits, and the accumulation for the rest."""
+    from dsm5lab.training.batch_probe import cuda_memory, plan_accumulation, probe_batch_size
+
+    longest = sorted(range(len(groups)), key=lambda i: -groups[i].n_tokens)
+
+    def try_step(n: int) -> None:
+        torch.cuda.reset_peak_memory_stats(device)
+        batch = to_device(collate([groups[i] for i in longest[:n]], pad_id, kind, spec.max_span_tokens), device)
+        with autocast_for(device, t.precision):
+            loss, _ = objective(model(batch), batch, model, params, weights)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    micro = probe_batch_size(try_step, t.batch_size, headroom=t.batch_probe.headroom, memory=cuda_memory)
+    steps = t.grad_accum_steps * math.ceil(t.batch_size / micro)
+    log.info("batch probe: micro-batch %d x %d accumulation steps", micro, steps)
+    return micro, steps

@@ -1,0 +1,63 @@
+"""The `train` stage: params in, model + metrics + curves out, at fixed paths under the project root."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dsm5lab import atomic
+from dsm5lab.config import Params
+
+PREPARED = Path("stages/prepare")
+MODEL_OUT = Path("stages/train/model")
+METRICS_FILE = Path("metrics/train.json")
+LIVE_DIR = Path("reports/train/live")
+
+
+def summary(result) -> dict:
+    """metrics/train.json: the best validation numbers and how the run went.
+
+    Only deterministic values: the file is a DVC metric compared across commits, so wall-clock
+    throughput goes to the run's event log and stdout instead.
+    """
+    best = {k.split("/", 1)[1]: round(v, 6) for k, v in result.best.items() if k.startswith("val/")}
+    out = {
+        "val": best,
+        "best_step": result.best.get("step"),
+        "best_epoch": (result.best.get("epoch", -1) + 1) if result.best else None,
+        "epochs_run": result.epochs_run,
+        "steps": result.steps,
+        "stopped_early": result.stopped_early,
+        "n_parameters": result.n_parameters,
+    }
+    if result.chance_macro_f1 is not None:
+        out["val_chance_macro_f1"] = round(result.chance_macro_f1, 6)
+    return out
+
+
+def run(params: Params, root: Path = Path("."), resume: bool = False, run_name: str = "train"):
+    """Train from params alone; write the model, metrics/train.json and the dvclive curves."""
+    from dsm5lab.tracking import Tracker, TrackingSettings
+    from dsm5lab.training.loop import RunPaths, fit
+
+    root = Path(root)
+    checkpoints = root / params.train.checkpoint.dir / run_name
+    paths = RunPaths(prepared=root / PREPARED, model_out=root / MODEL_OUT, checkpoints=checkpoints,
+                     live_dir=root / LIVE_DIR)
+    settings = TrackingSettings(
+        mlflow_uri=params.tracking.mlflow_uri, experiment=params.tracking.experiment, run_name=run_name,
+        live_dir=paths.live_dir, run_dir=checkpoints, resume=resume,
+    )
+    with Tracker(settings) as tracker:
+        result = fit(params, paths, tracker, resume=resume)
+        report = summary(result)
+        tracker.log_summary({f"best/{k}": v for k, v in report["val"].items()})
+        tracker.event("throughput", **result.throughput)
+        if paths.model_out.exists():
+            tracker.log_artifacts(paths.model_out / "config.json", "model")
+    atomic.write_json(root / METRICS_FILE, report)
+    return result, report
+
+
+def read_metrics(root: Path = Path(".")) -> dict:
+    return json.loads((Path(root) / METRICS_FILE).read_text())
