@@ -72,14 +72,24 @@ def test_repro_then_status_is_clean_and_reproduces_the_lock(clone):
     status = sh("dvc", "status", cwd=repo, env=env)
     assert "up to date" in status, status
     assert json.loads((repo / "metrics/prepare.json").read_text())["posts"]["total"] == 1484
+    train = json.loads((repo / "metrics/train.json").read_text())
+    assert train["val"]["macro_f1"] > train["val_chance_macro_f1"]
+    assert (repo / "stages/train/model/model.safetensors").is_file()
     if had_lock:  # the committed lock and metrics are what this code produces, byte for byte
         diff = sh("git", "status", "--porcelain", "--", "dvc.lock", "metrics", "reports", cwd=repo, env=env)
         assert diff == "", f"dvc repro changed committed results:\n{diff}"
 
 
-def test_exp_run_with_override_shows_in_exp_show(clone):
+def test_exp_run_with_override_shows_in_exp_show_and_mlflow(clone):
     repo, env = clone
-    sh("dvc", "exp", "run", "-S", "data.synthetic.n_posts=300", cwd=repo, env=env)
+    sh("dvc", "exp", "run", "-S", "data.synthetic.n_posts=300", "-S", "train.learning_rate=0.002", cwd=repo, env=env)
     shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=repo, env=env))
-    totals = find_metric(shown, "metrics/prepare.json", ("posts", "total"))
-    assert 300 in totals, totals
+    assert 300 in find_metric(shown, "metrics/prepare.json", ("posts", "total"))
+    steps = [v for v in find_metric(shown, "metrics/train.json", ("steps",)) if isinstance(v, int)]
+    assert steps, "train metrics missing from dvc exp show"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("dsm5lab").experiment_id])
+    assert runs and runs[0].data.params["train.learning_rate"] == "0.002"
+    assert runs[0].data.tags.get("dvc_exp_name"), runs[0].data.tags

@@ -100,6 +100,47 @@ def synth(
     typer.echo("wrote " + ", ".join(str(p) for p in paths))
 
 
+@app.command()
+@user_errors
+def train(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the last checkpoint of the run.")] = False,
+) -> None:
+    """Train the model params.yaml describes on stages/prepare; write stages/train/model and metrics/train.json."""
+    from dsm5lab.training import stage
+
+    cfg = _load(params, set_)
+    result, report = stage.run(cfg, Path("."), resume=resume)
+    val = report["val"]
+    typer.echo(
+        "best validation (step {}, epoch {}): ".format(report["best_step"], report["best_epoch"])
+        + ", ".join(f"{k} {v:.4f}" for k, v in val.items())
+        + (f"; chance macro_f1 {report['val_chance_macro_f1']:.4f}" if "val_chance_macro_f1" in report else "")
+    )
+    tp = result.throughput
+    typer.echo(f"throughput: {tp['samples_per_s']:.1f} samples/s, {tp['tokens_per_s']:.0f} tokens/s")
+
+
+tracking_app = typer.Typer(help="Tracking utilities.", no_args_is_help=True)
+app.add_typer(tracking_app, name="tracking")
+
+
+@tracking_app.command("replay")
+@user_errors
+def tracking_replay(
+    buffer: Annotated[Path, typer.Option("--buffer", help="an mlflow_buffer.jsonl written while MLflow was down.")],
+    uri: Annotated[str | None, typer.Option("--uri", help="MLflow tracking URI (default: params/env/sqlite).")] = None,
+) -> None:
+    """Send metrics buffered while MLflow was unreachable."""
+    from dsm5lab.errors import UserError
+    from dsm5lab.tracking import replay
+
+    if not buffer.is_file():
+        raise UserError(f"--buffer: file not found: {buffer}")
+    typer.echo(f"replayed {replay(buffer, uri)} records from {buffer}")
+
+
 def main() -> None:
     app()
 

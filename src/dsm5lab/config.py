@@ -79,10 +79,113 @@ class PrepareConfig(_Strict):
     require_all_criteria: bool
 
 
+class TinyConfig(_Strict):
+    hidden_size: int = Field(ge=8, le=2048)
+    num_layers: int = Field(ge=1, le=48)
+    num_heads: int = Field(ge=1, le=64)
+    intermediate_size: int = Field(ge=8, le=16384)
+    vocab_size: int = Field(ge=200, le=200_000)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}")
+        return self
+
+
+class ModelConfig(_Strict):
+    backbone: str = Field(min_length=1)
+    max_length: int = Field(ge=16, le=8192)
+    stride: int = Field(ge=0)
+    max_chunks: int = Field(ge=1, le=512)
+    pooling: Literal["cls", "mean", "attention", "last_2_layer_mix"]
+    criteria_head: Literal["linear", "mlp", "mlp_residual", "gated"]
+    evidence_head: Literal["start_end_linear", "start_end_mlp", "biaffine", "bio_crf"]
+    hidden_dim: int = Field(ge=1, le=8192)
+    hidden_dropout: float = Field(ge=0.0, lt=1.0)
+    attention_dropout: float = Field(ge=0.0, lt=1.0)
+    classifier_dropout: float = Field(ge=0.0, lt=1.0)
+    max_span_tokens: int = Field(ge=1, le=8192)
+    gradient_checkpointing: bool
+    tiny: TinyConfig
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> ModelConfig:
+        if self.stride >= self.max_length // 2:
+            raise ValueError(f"stride {self.stride} must be below max_length/2 ({self.max_length // 2})")
+        return self
+
+
+class EarlyStopping(_Strict):
+    metric: str = Field(pattern=r"^val/[a-z0-9_]+$")
+    patience: int = Field(ge=1)
+    min_delta: float = Field(ge=0.0)
+
+
+class BatchProbe(_Strict):
+    enabled: bool
+    headroom: float = Field(ge=0.0, lt=1.0)
+
+
+class CheckpointConfig(_Strict):
+    dir: str = Field(min_length=1)
+    keep_last_n: int = Field(ge=1)
+    keep_best_k: int = Field(ge=1)
+    min_free_gb: float = Field(ge=0.0)
+
+
+class TrainConfig(_Strict):
+    task: Literal["criteria", "evidence", "joint"]
+    input_format: Literal["multi_label", "binary_pairs"]
+    level: Literal["post", "sentence"]
+    task_coupling: Literal["independent", "coupled"]
+    criteria_loss_weight: float = Field(ge=0.0)
+    evidence_loss_weight: float = Field(ge=0.0)
+    loss: Literal["bce", "weighted_bce", "focal", "hybrid"]
+    focal_gamma: float = Field(ge=0.0, le=10.0)
+    focal_alpha: float = Field(ge=-1.0, le=1.0)
+    hybrid_weight: float = Field(ge=0.0, le=1.0)
+    label_smoothing: float = Field(ge=0.0, lt=0.5)
+    epochs: int = Field(ge=1, le=1000)
+    batch_size: int = Field(ge=1)
+    eval_batch_size: int = Field(ge=1)
+    grad_accum_steps: int = Field(ge=1)
+    learning_rate: float = Field(gt=0.0, le=1.0)
+    head_lr_multiplier: float = Field(gt=0.0)
+    weight_decay: float = Field(ge=0.0)
+    scheduler: Literal["linear", "cosine", "constant"]
+    warmup_ratio: float = Field(ge=0.0, lt=1.0)
+    max_grad_norm: float = Field(ge=0.0)
+    precision: Literal["fp32", "bf16", "fp16"]
+    eval_every_steps: int = Field(ge=0)
+    log_every_steps: int = Field(ge=1)
+    early_stopping: EarlyStopping
+    batch_probe: BatchProbe
+    checkpoint: CheckpointConfig
+    deterministic: bool
+    num_workers: int = Field(ge=0, le=64)
+    threads: int = Field(ge=0, le=512)
+
+    @model_validator(mode="after")
+    def _level_fits_task(self) -> TrainConfig:
+        if self.level == "sentence" and self.task != "criteria":
+            raise ValueError(f"level 'sentence' works with task 'criteria' only (got task '{self.task}'); "
+                             "evidence needs the whole post")
+        return self
+
+
+class TrackingConfig(_Strict):
+    mlflow_uri: str | None
+    experiment: str = Field(min_length=1)
+
+
 class Params(_Strict):
     seed: int = Field(ge=0)
     data: DataConfig
     prepare: PrepareConfig
+    model: ModelConfig
+    train: TrainConfig
+    tracking: TrackingConfig
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
