@@ -34,6 +34,21 @@ def cli():
     return invoke
 
 
+def new_project(root: Path, *args: str):
+    """Copy params.yaml into `root` and run `dsm5lab ARGS` there (for module-scoped fixtures)."""
+    import os
+
+    shutil.copy(ROOT / "params.yaml", root / "params.yaml")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 0, result.output
+    return result
+
+
 def default_params() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
 

@@ -33,24 +33,10 @@ def output_bytes(root: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
     """One prepare run at the default (ReDSM5-sized) synthetic settings, shared by the tests below."""
-    import os
-    import shutil
-
-    from typer.testing import CliRunner
-
-    from conftest import ROOT
-    from dsm5lab.cli import app
+    from conftest import new_project
 
     root = tmp_path_factory.mktemp("default")
-    shutil.copy(ROOT / "params.yaml", root / "params.yaml")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        result = CliRunner().invoke(app, ["prepare"], catch_exceptions=False)
-    finally:
-        os.chdir(cwd)
-    assert result.exit_code == 0, result.output
-    return root, result
+    return root, new_project(root, "prepare")
 
 
 def test_writes_every_output(default_run):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import new_project
 from dsm5lab.config import load_params
 
 # A tiny, fast configuration for tests: one small layer, short windows, few posts.
@@ -28,21 +28,8 @@ def sets(overrides: list[str]) -> list[str]:
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """A project folder with params.yaml and stages/prepare for 120 synthetic posts."""
-    from typer.testing import CliRunner
-
-    from dsm5lab.cli import app
-
     root = tmp_path_factory.mktemp("project")
-    shutil.copy(ROOT / "params.yaml", root / "params.yaml")
-    import os
-
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        result = CliRunner().invoke(app, ["prepare", *sets(TINY)], catch_exceptions=False)
-    finally:
-        os.chdir(cwd)
-    assert result.exit_code == 0, result.output
+    new_project(root, "prepare", *sets(TINY))
     return root
 
 
@@ -70,13 +57,6 @@ def small_batch(root: Path, params):
     backbone = build_backbone(params.model, train["text"].tolist(), [c.description for c in criteria])
     enc = Encoder(backbone.tokenizer, encode_spec(params, backbone.encoder.config), [c.description for c in criteria])
     return backbone, enc.encode(train, sentences)
-
-
-COMBOS = [
-    ("criteria_head", ["linear", "mlp", "mlp_residual", "gated"]),
-    ("pooling", ["cls", "mean", "attention", "last_2_layer_mix"]),
-    ("loss", ["bce", "weighted_bce", "focal", "hybrid"]),
-]
 
 
 @pytest.mark.parametrize("loss", ["bce", "weighted_bce", "focal", "hybrid"])
@@ -152,10 +132,13 @@ def _weights(path: Path) -> dict:
     return load_file(str(path / "model.safetensors"))
 
 
-def test_resume_gives_the_same_weights_and_metrics(project):
+@pytest.mark.parametrize("every", [0, 4])
+def test_resume_gives_the_same_weights_and_metrics(project, every):
+    """Killed right after the first checkpoint (end of epoch 1, or mid-epoch with step-based validation)."""
     from dsm5lab.training import stage
 
-    params = load_params("params.yaml", TINY + ["train.epochs=3", "train.checkpoint.keep_last_n=3"])
+    params = load_params("params.yaml", TINY + ["train.epochs=3", "train.checkpoint.keep_last_n=3",
+                                                f"train.eval_every_steps={every}", "train.early_stopping.patience=9"])
     full, full_report = stage.run(params, Path("."), run_name="full")
 
     class Killed(Exception):
@@ -257,6 +240,15 @@ def test_minilm_backbone_loads_from_its_package(prepared):
 
 def test_gradient_checkpointing_forward_backward(prepared):
     _forward_backward(prepared, ["model.gradient_checkpointing=true"])
+
+
+def test_dataloader_workers_give_the_same_run(project):
+    from dsm5lab.training import stage
+
+    base = TINY + ["train.epochs=1"]
+    inline, _ = stage.run(load_params("params.yaml", base), Path("."), run_name="inline")
+    workers, _ = stage.run(load_params("params.yaml", base + ["train.num_workers=2"]), Path("."), run_name="workers")
+    assert inline.history == workers.history
 
 
 def test_bf16_autocast_on_cpu_trains(project):

@@ -164,8 +164,9 @@ def build_backbone(cfg, train_texts: list[str], always_texts: list[str] = ()) ->
             raise UserError(f"model.backbone: {cfg.backbone!r} has no fast tokenizer (char offsets are needed)")
     if cfg.max_length > max_positions:
         raise UserError(f"model.max_length: {cfg.max_length} exceeds {cfg.backbone!r}'s {max_positions} positions")
-    if cfg.gradient_checkpointing:
-        encoder.gradient_checkpointing_enable()
+    if cfg.gradient_checkpointing:  # transformers 5 renamed it; older releases only have the first name
+        enable = getattr(encoder, "activation_checkpointing_enable", None) or encoder.gradient_checkpointing_enable
+        enable()
     return Backbone(encoder, tokenizer, cfg.backbone, int(encoder.config.hidden_size), max_positions)
 
 

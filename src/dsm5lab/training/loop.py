@@ -196,6 +196,36 @@ def objective(out: dict, batch: dict, model: MultiTaskModel, params: Params, wei
     return total, parts
 
 
+class _Batches(torch.utils.data.Dataset):
+    """Collated batches in a fixed order, so DataLoader workers can build them ahead of the loop."""
+
+    def __init__(self, groups: list[Group], order: list[list[int]], pad_id: int, kind, max_span: int):
+        self.groups, self.order, self.args = groups, order, (pad_id, kind, max_span)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, i: int) -> dict:
+        return collate([self.groups[j] for j in self.order[i]], *self.args)
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def batch_loader(groups, order, pad_id, kind, max_span, num_workers: int, seed: int):
+    """Batches in `order`; built in `num_workers` seeded worker processes, or inline when 0."""
+    dataset = _Batches(groups, order, pad_id, kind, max_span)
+    if num_workers == 0:
+        return (dataset[i] for i in range(len(dataset)))
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=None, shuffle=False, num_workers=num_workers, worker_init_fn=_seed_worker,
+        generator=torch.Generator().manual_seed(seed), pin_memory=torch.cuda.is_available(),
+    )
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -370,10 +400,11 @@ def fit(
     for epoch in range(start_epoch, t.epochs):
         order = bucket_batches([g.n_tokens for g in train_groups], micro, np.random.default_rng([params.seed, epoch]))
         tick = time.perf_counter()
-        for bi, idx in enumerate(progress(order, f"epoch {epoch + 1}/{t.epochs}", total=len(order))):
-            if bi < skip:
-                continue
-            batch = to_device(collate([train_groups[i] for i in idx], pad_id, kind, spec.max_span_tokens), device)
+        loader = batch_loader(train_groups, order[skip:], pad_id, kind, spec.max_span_tokens, t.num_workers,
+                              params.seed + epoch)
+        for bi, (idx, batch) in enumerate(progress(zip(order[skip:], loader), f"epoch {epoch + 1}/{t.epochs}",
+                                                   total=len(order) - skip), start=skip):
+            batch = to_device(batch, device)
             with autocast_for(device, t.precision):
                 out = model(batch)
                 loss, parts = objective(out, batch, model, params, weights)

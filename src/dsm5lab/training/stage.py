@@ -54,7 +54,7 @@ def run(params: Params, root: Path = Path("."), resume: bool = False, run_name: 
         tracker.log_summary({f"best/{k}": v for k, v in report["val"].items()})
         tracker.event("throughput", **result.throughput)
         if paths.model_out.exists():
-            tracker.log_artifacts(paths.model_out / "config.json", "model")
+            tracker.log_artifacts(paths.model_out, "model")
     atomic.write_json(root / METRICS_FILE, report)
     return result, report
 
