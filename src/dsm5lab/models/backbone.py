@@ -123,6 +123,12 @@ def _offline() -> bool:
 
 def _pretrained(location: str, kind: str, cfg, name: str):
     from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from dsm5lab.progress import quiet
+
+    if quiet():
+        hf_logging.disable_progress_bar()
 
     overrides = {"hidden_dropout_prob": cfg.hidden_dropout, "attention_probs_dropout_prob": cfg.attention_dropout}
     tries = [True] if kind == "local" or _offline() else [True, False]

@@ -14,12 +14,10 @@ import platform
 import random
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from dsm5lab.config import Params
@@ -27,13 +25,15 @@ from dsm5lab.data.criteria import load_criteria
 from dsm5lab.data.labels import SYMPTOMS
 from dsm5lab.data.schema import read_table
 from dsm5lab.errors import UserError
-from dsm5lab.evaluation.metrics import chance_macro_f1, multilabel_f1
+from dsm5lab.evaluation.metrics import chance_macro_f1
 from dsm5lab.models.backbone import build_backbone
 from dsm5lab.models.multitask import ModelSpec, MultiTaskModel
 from dsm5lab.progress import progress
+from dsm5lab.tracking import flatten
 from dsm5lab.training.checkpoint import CheckpointManager, load_checkpoint
-from dsm5lab.training.encoding import EncodeSpec, Encoder, Group, bucket_batches, collate
-from dsm5lab.training.losses import criteria_loss, pos_weight_from_counts
+from dsm5lab.training.encoding import Encoder, EncodeSpec, Group, bucket_batches, collate
+from dsm5lab.training.inference import autocast_for, predict, to_device, validation_metrics
+from dsm5lab.training.objective import class_weights, objective
 from dsm5lab.training.optim import build_optimizer
 
 log = logging.getLogger("dsm5lab.train")
@@ -105,16 +105,6 @@ def system_info(device: torch.device) -> dict:
     return info
 
 
-def autocast_for(device: torch.device, precision: str):
-    """The autocast context for a precision, or a null context for fp32."""
-    if precision == "fp32":
-        return nullcontext()
-    if device.type != "cuda" and precision == "fp16":
-        raise UserError("train.precision: fp16 needs a CUDA device; use bf16 or fp32 on CPU")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def load_splits(prepared: Path, train_ids: list[str] | None, val_ids: list[str] | None):
     """Posts and sentences of the train and validation parts (the prepare split unless ids are given)."""
     posts = read_table(prepared, "posts")
@@ -154,48 +144,6 @@ def encode_spec(params: Params, encoder_config) -> EncodeSpec:
     )
 
 
-def class_weights(groups: list[Group], loss: str, device) -> dict:
-    """pos_weight for weighted_bce from training counts: per channel for groups, and for evidence sentences."""
-    if loss != "weighted_bce":
-        return {"criteria": None, "sentence": None}
-    labels = np.stack([g.labels for g in groups])
-    out = {"criteria": pos_weight_from_counts(labels.sum(0).astype(int).tolist(), len(labels)).to(device),
-           "sentence": None}
-    sentences = [g.sentence_labels for g in groups if len(g.sentence_labels)]
-    if sentences:
-        s = np.concatenate(sentences)
-        out["sentence"] = pos_weight_from_counts(s.sum(0).astype(int).tolist(), len(s)).to(device)
-    return out
-
-
-def objective(out: dict, batch: dict, model: MultiTaskModel, params: Params, weights: dict) -> tuple[torch.Tensor, dict]:
-    """Weighted multi-task loss and its parts; `weights` are the class_weights of the training set."""
-    t = params.train
-    parts: dict[str, torch.Tensor] = {}
-    if "logits" in out:
-        parts["criteria"] = criteria_loss(
-            t.loss, out["logits"].float(), batch["labels"], pos_weight=weights["criteria"], focal_gamma=t.focal_gamma,
-            focal_alpha=t.focal_alpha, hybrid_weight=t.hybrid_weight, label_smoothing=t.label_smoothing,
-        )
-    if "evidence" in out:
-        ev = {k: v.float() for k, v in out["evidence"].items()}
-        parts["evidence"] = model.evidence_head.loss(
-            ev, batch["evidence_targets"], batch["attention_mask"], batch["window_channel_mask"]
-        )
-        if "sentence_logits" in out:
-            # sentences past max_chunks are in no window: their logit is -inf and they carry no loss
-            logits = out["sentence_logits"].float()
-            seen = torch.isfinite(logits).all(dim=1)
-            parts["sentence"] = criteria_loss(
-                t.loss, logits[seen], batch["sentence_labels"][seen], pos_weight=weights["sentence"],
-                focal_gamma=t.focal_gamma, focal_alpha=t.focal_alpha, hybrid_weight=t.hybrid_weight,
-            )
-    total = t.criteria_loss_weight * parts.get("criteria", 0.0) + t.evidence_loss_weight * (
-        parts.get("evidence", 0.0) + parts.get("sentence", 0.0)
-    )
-    return total, parts
-
-
 class _Batches(torch.utils.data.Dataset):
     """Collated batches in a fixed order, so DataLoader workers can build them ahead of the loop."""
 
@@ -224,92 +172,6 @@ def batch_loader(groups, order, pad_id, kind, max_span, num_workers: int, seed: 
         dataset, batch_size=None, shuffle=False, num_workers=num_workers, worker_init_fn=_seed_worker,
         generator=torch.Generator().manual_seed(seed), pin_memory=torch.cuda.is_available(),
     )
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-@torch.no_grad()
-def predict(model, groups: list[Group], batch_size: int, pad_id: int, device, precision: str,
-            params: Params | None = None, weights: dict | None = None) -> dict:
-    """Probabilities per group (G, C), sentence probabilities per group, and the mean loss if params given."""
-    model.eval()
-    kind = model.spec.evidence_head if model.spec.has_evidence else None
-    order = [i for batch in bucket_batches([g.n_tokens for g in groups], batch_size, None) for i in batch]
-    probs = np.zeros((len(groups), model.spec.channels), dtype=np.float32)
-    sent_probs: list[np.ndarray | None] = [None] * len(groups)
-    losses, sizes = [], []
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = to_device(collate([groups[i] for i in idx], pad_id, kind, model.spec.max_span_tokens), device)
-        with autocast_for(device, precision):
-            out = model(batch)
-            if params is not None:
-                loss, _ = objective(out, batch, model, params, weights)
-                losses.append(loss.item())
-                sizes.append(len(idx))
-        if "logits" in out:
-            probs[idx] = torch.sigmoid(out["logits"].float()).cpu().numpy()
-        if "sentence_logits" in out:
-            sp = torch.sigmoid(out["sentence_logits"].float()).cpu().numpy()
-            owner = batch["sentence_group"].cpu().numpy()
-            for local, gi in enumerate(idx):
-                sent_probs[gi] = sp[owner == local]
-    model.train()
-    mean_loss = float(np.average(losses, weights=sizes)) if losses else float("nan")
-    return {"probs": probs, "sentence_probs": sent_probs, "loss": mean_loss}
-
-
-def post_matrix(groups: list[Group], values: np.ndarray, post_ids: list[str]) -> np.ndarray:
-    """Post x criterion matrix from group values: max over a post's groups (windows, sentences or pairs)."""
-    row = {pid: i for i, pid in enumerate(post_ids)}
-    out = np.zeros((len(post_ids), len(SYMPTOMS)), dtype=np.float32)
-    for g, v in zip(groups, values):
-        cols = slice(None) if g.criterion < 0 else slice(g.criterion, g.criterion + 1)
-        out[row[g.post_id], cols] = np.maximum(out[row[g.post_id], cols], v)
-    return out
-
-
-def sentence_matrix(groups: list[Group], sent_probs: list) -> tuple[np.ndarray, np.ndarray]:
-    """Stacked (sentences x criteria) gold labels and probabilities over all posts of the groups."""
-    per_post: dict[str, list] = {}
-    for g, sp in zip(groups, sent_probs):
-        gold, prob = per_post.setdefault(g.post_id, [np.zeros((len(g.sentence_labels), 9)), np.zeros((len(g.sentence_labels), 9))])
-        cols = slice(None) if g.criterion < 0 else slice(g.criterion, g.criterion + 1)
-        gold[:, cols] = g.sentence_labels
-        if sp is not None:
-            prob[:, cols] = sp
-    golds = [v[0] for v in per_post.values()]
-    probs = [v[1] for v in per_post.values()]
-    return np.concatenate(golds), np.concatenate(probs)
-
-
-def validation_metrics(groups, pred, val_posts: pd.DataFrame, task: str) -> dict:
-    """Post-level criteria F1 (threshold 0.5, macro over criteria present) and sentence-level evidence F1."""
-    metrics = {"val/loss": pred["loss"]}
-    scores = []
-    if task in ("criteria", "joint"):
-        ids = val_posts["post_id"].tolist()
-        gold = val_posts[list(SYMPTOMS)].to_numpy()
-        f1 = multilabel_f1(gold, post_matrix(groups, pred["probs"], ids) >= 0.5)
-        metrics.update({"val/macro_f1": f1["macro"], "val/micro_f1": f1["micro"]})
-        scores.append(f1["macro"])
-    if task in ("evidence", "joint"):
-        gold, prob = sentence_matrix(groups, pred["sentence_probs"])
-        f1 = multilabel_f1(gold, prob >= 0.5)
-        metrics.update({"val/sentence_macro_f1": f1["macro"], "val/sentence_micro_f1": f1["micro"]})
-        scores.append(f1["macro"])
-    metrics["val/score"] = float(np.mean(scores))
-    return metrics
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
 
 
 def fit(
@@ -362,7 +224,7 @@ def fit(
         tracker.event("resume", checkpoint=str(manager.latest), step=state["step"], epoch=state["epoch"])
     info = system_info(device)
     tracker.event("system", **info)
-    tracker.log_params({**_flat(params.model_dump(include={"seed", "model", "train"})), "data.source": params.data.source,
+    tracker.log_params({**flatten(params.model_dump(include={"seed", "model", "train"})), "data.source": params.data.source,
                         "train.micro_batch": micro, "train.accumulation": accum})
     model_config = {"spec": spec.to_dict(), "backbone": m.backbone}
     n_params = sum(p.numel() for p in model.parameters())
@@ -463,7 +325,7 @@ def fit(
 
 def _probe(model, groups, t, pad_id, kind, spec, device, params, weights) -> tuple[int, int]:
     """On CUDA: the largest micro-batch of the longest groups that fits, and the accumulation for the rest."""
-    from dsm5lab.training.batch_probe import cuda_memory, plan_accumulation, probe_batch_size
+    from dsm5lab.training.batch_probe import cuda_memory, probe_batch_size
 
     longest = sorted(range(len(groups)), key=lambda i: -groups[i].n_tokens)
 

@@ -1,0 +1,104 @@
+"""Running a model over encoded groups, and turning its outputs into validation metrics."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dsm5lab.config import Params
+from dsm5lab.data.labels import SYMPTOMS
+from dsm5lab.errors import UserError
+from dsm5lab.evaluation.metrics import multilabel_f1
+from dsm5lab.training.encoding import Group, bucket_batches, collate
+from dsm5lab.training.objective import objective
+
+
+def autocast_for(device: torch.device, precision: str):
+    """The autocast context for a precision, or a null context for fp32."""
+    if precision == "fp32":
+        return nullcontext()
+    if device.type != "cuda" and precision == "fp16":
+        raise UserError("train.precision: fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def predict(model, groups: list[Group], batch_size: int, pad_id: int, device, precision: str,
+            params: Params | None = None, weights: dict | None = None) -> dict:
+    """Probabilities per group (G, C), sentence probabilities per group, and the mean loss if params given."""
+    model.eval()
+    kind = model.spec.evidence_head if model.spec.has_evidence else None
+    order = [i for batch in bucket_batches([g.n_tokens for g in groups], batch_size, None) for i in batch]
+    probs = np.zeros((len(groups), model.spec.channels), dtype=np.float32)
+    sent_probs: list[np.ndarray | None] = [None] * len(groups)
+    losses, sizes = [], []
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = to_device(collate([groups[i] for i in idx], pad_id, kind, model.spec.max_span_tokens), device)
+        with autocast_for(device, precision):
+            out = model(batch)
+            if params is not None:
+                loss, _ = objective(out, batch, model, params, weights)
+                losses.append(loss.item())
+                sizes.append(len(idx))
+        if "logits" in out:
+            probs[idx] = torch.sigmoid(out["logits"].float()).cpu().numpy()
+        if "sentence_logits" in out:
+            sp = torch.sigmoid(out["sentence_logits"].float()).cpu().numpy()
+            owner = batch["sentence_group"].cpu().numpy()
+            for local, gi in enumerate(idx):
+                sent_probs[gi] = sp[owner == local]
+    model.train()
+    mean_loss = float(np.average(losses, weights=sizes)) if losses else float("nan")
+    return {"probs": probs, "sentence_probs": sent_probs, "loss": mean_loss}
+
+
+def post_matrix(groups: list[Group], values: np.ndarray, post_ids: list[str]) -> np.ndarray:
+    """Post x criterion matrix from group values: max over a post's groups (windows, sentences or pairs)."""
+    row = {pid: i for i, pid in enumerate(post_ids)}
+    out = np.zeros((len(post_ids), len(SYMPTOMS)), dtype=np.float32)
+    for g, v in zip(groups, values):
+        cols = slice(None) if g.criterion < 0 else slice(g.criterion, g.criterion + 1)
+        out[row[g.post_id], cols] = np.maximum(out[row[g.post_id], cols], v)
+    return out
+
+
+def sentence_matrix(groups: list[Group], sent_probs: list) -> tuple[np.ndarray, np.ndarray]:
+    """Stacked (sentences x criteria) gold labels and probabilities over all posts of the groups."""
+    per_post: dict[str, list] = {}
+    for g, sp in zip(groups, sent_probs):
+        gold, prob = per_post.setdefault(g.post_id, [np.zeros((len(g.sentence_labels), len(SYMPTOMS))), np.zeros((len(g.sentence_labels), len(SYMPTOMS)))])
+        cols = slice(None) if g.criterion < 0 else slice(g.criterion, g.criterion + 1)
+        gold[:, cols] = g.sentence_labels
+        if sp is not None:
+            prob[:, cols] = sp
+    golds = [v[0] for v in per_post.values()]
+    probs = [v[1] for v in per_post.values()]
+    return np.concatenate(golds), np.concatenate(probs)
+
+
+def validation_metrics(groups, pred, val_posts: pd.DataFrame, task: str) -> dict:
+    """Post-level criteria F1 (threshold 0.5, macro over criteria present) and sentence-level evidence F1."""
+    metrics = {"val/loss": pred["loss"]}
+    scores = []
+    if task in ("criteria", "joint"):
+        ids = val_posts["post_id"].tolist()
+        gold = val_posts[list(SYMPTOMS)].to_numpy()
+        f1 = multilabel_f1(gold, post_matrix(groups, pred["probs"], ids) >= 0.5)
+        metrics.update({"val/macro_f1": f1["macro"], "val/micro_f1": f1["micro"]})
+        scores.append(f1["macro"])
+    if task in ("evidence", "joint"):
+        gold, prob = sentence_matrix(groups, pred["sentence_probs"])
+        f1 = multilabel_f1(gold, prob >= 0.5)
+        metrics.update({"val/sentence_macro_f1": f1["macro"], "val/sentence_micro_f1": f1["micro"]})
+        scores.append(f1["macro"])
+    metrics["val/score"] = float(np.mean(scores))
+    return metrics
