@@ -122,6 +122,63 @@ def train(
     typer.echo(f"throughput: {tp['samples_per_s']:.1f} samples/s, {tp['tokens_per_s']:.0f} tokens/s")
 
 
+@app.command()
+@user_errors
+def evaluate(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    model: Annotated[Path | None, typer.Option("--model", help="a model or checkpoint dir (default: the trained model).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="with --model: folder for its reports.")] = None,
+) -> None:
+    """Evaluate on the test split (thresholds tuned on val): report, plots, errors, metrics/evaluate.json."""
+    from dsm5lab.evaluation import stage
+
+    cfg = _load(params, set_)
+    if model is not None and out is None:
+        out = Path("reports") / f"evaluate-{model.resolve().name}"
+    report = stage.run(cfg, Path("."), model_dir=model, out_dir=out)
+    typer.echo(stage.summary_markdown(report))
+
+
+@app.command("predict")
+@user_errors
+def predict_cmd(
+    texts: Annotated[list[str] | None, typer.Argument(help="texts to score; '-' or nothing reads stdin.")] = None,
+    file: Annotated[Path | None, typer.Option("--file", help="a .txt (one text per line), .jsonl or .csv file.")] = None,
+    text_column: Annotated[str, typer.Option("--text-column", help="field/column holding the text.")] = "text",
+    model: Annotated[Path | None, typer.Option("--model", help="model directory (default: evaluated, else trained).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="write JSON lines here instead of stdout.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+) -> None:
+    """Criteria probabilities, decisions (tuned thresholds) and evidence for texts, as JSON lines."""
+    from dsm5lab import predict as pr
+    from dsm5lab.errors import UserError
+
+    if file is not None and texts:
+        raise UserError("give texts as arguments or --file, not both")
+    if file is not None:
+        items = pr.read_file(file, text_column)
+    elif texts and texts != ["-"]:
+        items = [(str(i), t) for i, t in enumerate(texts)]
+    else:
+        items = pr.stdin_items()
+    if not items:
+        raise UserError("no input text (arguments, --file or stdin)")
+    model_dir = model if model is not None else pr.default_model()
+    results = pr.predict_texts(model_dir, items, batch_size, show_progress=file is not None)
+    if out is None:
+        pr.write_lines(results, sys.stdout)
+        return
+    from dsm5lab import atomic
+
+    import io
+
+    buffer = io.StringIO()
+    n = pr.write_lines(results, buffer)
+    atomic.write_text(out, buffer.getvalue())
+    typer.echo(f"wrote {n} predictions to {out}", err=True)
+
+
 tracking_app = typer.Typer(help="Tracking utilities.", no_args_is_help=True)
 app.add_typer(tracking_app, name="tracking")
 

@@ -179,12 +179,22 @@ class TrackingConfig(_Strict):
     experiment: str = Field(min_length=1)
 
 
+class EvaluateConfig(_Strict):
+    batch_size: int = Field(ge=1)
+    bootstrap_resamples: int = Field(ge=0, le=100_000)
+    ci_level: float = Field(gt=0.5, lt=1.0)
+    ranking_k: int = Field(ge=1, le=100)
+    calibration_bins: int = Field(ge=2, le=100)
+    max_errors: int = Field(ge=0)
+
+
 class Params(_Strict):
     seed: int = Field(ge=0)
     data: DataConfig
     prepare: PrepareConfig
     model: ModelConfig
     train: TrainConfig
+    evaluate: EvaluateConfig
     tracking: TrackingConfig
 
 

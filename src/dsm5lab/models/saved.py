@@ -1,11 +1,13 @@
-"""A trained model on disk: weights, configs, tokenizer and criteria, loadable by evaluate and predict.
+"""A trained model on disk, loadable by evaluate and predict.
 
-Layout of a model directory:
-    model.safetensors   every weight of the MultiTaskModel
-    config.json         format version, model spec, encode spec, channel names, thresholds, training summary
+Layout of a model directory (and of a training run's `checkpoints/<run>/assets/`):
+    config.json         format version, model spec, encode spec, channel names, thresholds
     encoder/config.json the encoder's transformers config (to rebuild its skeleton offline)
     tokenizer/          the tokenizer (tokenizer.json and friends)
     criteria.json       the criterion descriptions the model was trained with
+A model directory also holds model.safetensors (every weight of the MultiTaskModel). A
+checkpoint directory (checkpoints/<run>/step-N/) holds its own model.safetensors and finds
+the rest in ../assets, so any checkpoint can be evaluated as a model.
 """
 
 from __future__ import annotations
@@ -21,12 +23,11 @@ from dsm5lab.errors import UserError
 
 FORMAT = "dsm5lab-model"
 VERSION = 1
+ASSETS = "assets"
 
 
-def export_model(out: Path, model, tokenizer, encode_spec, criteria: list[Criterion], result, backbone: str) -> None:
-    """Write the model directory atomically."""
-    from safetensors.torch import save_model
-
+def _write_assets(out: Path, model, tokenizer, encode_spec, criteria: list[Criterion], backbone: str,
+                  extra: dict | None = None) -> None:
     config = {
         "format": FORMAT,
         "version": VERSION,
@@ -35,38 +36,58 @@ def export_model(out: Path, model, tokenizer, encode_spec, criteria: list[Criter
         "encode": asdict(encode_spec),
         "channels": list(SYMPTOMS) if model.spec.channels == len(SYMPTOMS) else ["criterion"],
         "thresholds": {s: 0.5 for s in SYMPTOMS},
-        "validation": result.best,
         "hidden_size": int(model.encoder.config.hidden_size),
+        **(extra or {}),
     }
+    model.encoder.config.save_pretrained(out / "encoder")
+    tokenizer.save_pretrained(out / "tokenizer")
+    (out / "criteria.json").write_text(json.dumps(criteria_document(criteria), indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def write_run_assets(run_dir: Path, model, tokenizer, encode_spec, criteria: list[Criterion], backbone: str) -> None:
+    """Everything but the weights, once per training run, so its checkpoints load as models."""
+    with atomic.staged_dir(Path(run_dir) / ASSETS) as tmp:
+        _write_assets(tmp, model, tokenizer, encode_spec, criteria, backbone)
+
+
+def export_model(out: Path, model, tokenizer, encode_spec, criteria: list[Criterion], result, backbone: str) -> None:
+    """Write the model directory atomically."""
+    from safetensors.torch import save_model
+
     with atomic.staged_dir(Path(out)) as tmp:
         save_model(model, str(tmp / "model.safetensors"))
-        model.encoder.config.save_pretrained(tmp / "encoder")
-        tokenizer.save_pretrained(tmp / "tokenizer")
-        (tmp / "criteria.json").write_text(json.dumps(criteria_document(criteria), indent=2) + "\n")
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        _write_assets(tmp, model, tokenizer, encode_spec, criteria, backbone, {"validation": result.best})
 
 
 def load_model(model_dir: Path):
-    """(model, tokenizer, config, criteria) from a model directory; a clear error when it is not one."""
+    """(model, tokenizer, config, criteria) from a model or checkpoint directory; a clear error otherwise."""
     from safetensors.torch import load_model as load_weights
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     from dsm5lab.models.multitask import ModelSpec, MultiTaskModel
 
     model_dir = Path(model_dir)
-    cfg_path = model_dir / "config.json"
+    if not (model_dir / "model.safetensors").is_file():
+        raise UserError(f"{model_dir}: not a dsm5lab model or checkpoint directory (no model.safetensors); "
+                        "train one with `dvc repro train`")
+    assets = model_dir if (model_dir / "encoder").is_dir() else model_dir.parent / ASSETS
+    cfg_path = assets / "config.json"
     if not cfg_path.is_file():
-        raise UserError(f"{model_dir}: not a dsm5lab model directory (no config.json); train one with `dvc repro train`")
+        raise UserError(f"{model_dir}: no model config (looked for {cfg_path})")
     config = json.loads(cfg_path.read_text())
     if config.get("format") != FORMAT or config.get("version") != VERSION:
-        raise UserError(f"{model_dir}: config.json is not a {FORMAT} v{VERSION} model (got {config.get('format')!r} "
+        raise UserError(f"{cfg_path}: not a {FORMAT} v{VERSION} config (got {config.get('format')!r} "
                         f"v{config.get('version')!r})")
-    for part in ("model.safetensors", "encoder/config.json", "tokenizer", "criteria.json"):
-        if not (model_dir / part).exists():
-            raise UserError(f"{model_dir}: incomplete model directory, {part} is missing")
-    encoder = AutoModel.from_config(AutoConfig.from_pretrained(model_dir / "encoder", local_files_only=True))
-    tokenizer = AutoTokenizer.from_pretrained(model_dir / "tokenizer", local_files_only=True)
+    for part in ("encoder/config.json", "tokenizer", "criteria.json"):
+        if not (assets / part).exists():
+            raise UserError(f"{assets}: incomplete model assets, {part} is missing")
+    encoder = AutoModel.from_config(AutoConfig.from_pretrained(assets / "encoder", local_files_only=True))
+    tokenizer = AutoTokenizer.from_pretrained(assets / "tokenizer", local_files_only=True)
     model = MultiTaskModel(encoder, config["hidden_size"], ModelSpec(**config["spec"]))
-    load_weights(model, str(model_dir / "model.safetensors"))
+    missing, unexpected = load_weights(model, str(model_dir / "model.safetensors"), strict=False)
+    if missing or unexpected:
+        raise UserError(f"{model_dir}: weights do not match its config (missing {len(missing)}, "
+                        f"unexpected {len(unexpected)} tensors)")
     model.eval()
-    return model, tokenizer, config, load_criteria(model_dir / "criteria.json")
+    return model, tokenizer, config, load_criteria(assets / "criteria.json")

@@ -32,13 +32,16 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 @torch.no_grad()
 def predict(model, groups: list[Group], batch_size: int, pad_id: int, device, precision: str,
-            params: Params | None = None, weights: dict | None = None) -> dict:
-    """Probabilities per group (G, C), sentence probabilities per group, and the mean loss if params given."""
+            params: Params | None = None, weights: dict | None = None, spans: bool = False) -> dict:
+    """Probabilities per group (G, C), sentence probabilities per group, the mean loss if params are given,
+    and with `spans` the best evidence span per group and channel as (G, C, 3) [char start, char end, score]
+    (-1, -1, 0 when none), the best over the group's windows."""
     model.eval()
     kind = model.spec.evidence_head if model.spec.has_evidence else None
     order = [i for batch in bucket_batches([g.n_tokens for g in groups], batch_size, None) for i in batch]
     probs = np.zeros((len(groups), model.spec.channels), dtype=np.float32)
     sent_probs: list[np.ndarray | None] = [None] * len(groups)
+    best = np.tile(np.array([-1.0, -1.0, 0.0], dtype=np.float32), (len(groups), model.spec.channels, 1))
     losses, sizes = [], []
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
@@ -56,9 +59,26 @@ def predict(model, groups: list[Group], batch_size: int, pad_id: int, device, pr
             owner = batch["sentence_group"].cpu().numpy()
             for local, gi in enumerate(idx):
                 sent_probs[gi] = sp[owner == local]
+        if spans and "evidence" in out:
+            decoded = model.evidence_head.decode(out["evidence"], batch["attention_mask"]).float().cpu().numpy()
+            windows = [(gi, w) for gi in idx for w in groups[gi].windows]
+            for (gi, window), per_channel in zip(windows, decoded):
+                _keep_best_spans(best[gi], window.offsets, per_channel)
     model.train()
     mean_loss = float(np.average(losses, weights=sizes)) if losses else float("nan")
-    return {"probs": probs, "sentence_probs": sent_probs, "loss": mean_loss}
+    out = {"probs": probs, "sentence_probs": sent_probs, "loss": mean_loss}
+    if spans:
+        out["spans"] = best
+    return out
+
+
+def _keep_best_spans(best: np.ndarray, offsets: np.ndarray, decoded: np.ndarray) -> None:
+    """Update best (C, 3) char spans with a window's decoded token spans (C, 3) where they score higher."""
+    for c, (s, e, score) in enumerate(decoded):
+        s, e = int(s), int(e)
+        if s < 0 or score <= best[c, 2] or offsets[s, 0] < 0 or offsets[e, 1] < 0:
+            continue
+        best[c] = (offsets[s, 0], offsets[e, 1], score)
 
 
 def post_matrix(groups: list[Group], values: np.ndarray, post_ids: list[str]) -> np.ndarray:

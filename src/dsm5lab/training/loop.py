@@ -203,6 +203,9 @@ def fit(
     train_groups = enc.encode(train_posts, sentences)
     val_groups = enc.encode(val_posts, sentences)
     model = MultiTaskModel(backbone.encoder, backbone.hidden_size, spec).to(device)
+    from dsm5lab.models.saved import write_run_assets
+
+    write_run_assets(paths.checkpoints, model, backbone.tokenizer, enc.spec, criteria, m.backbone)
     pad_id = backbone.tokenizer.pad_token_id
     kind = spec.evidence_head if spec.has_evidence else None
     weights = class_weights(train_groups, t.loss, device)

@@ -1,0 +1,223 @@
+"""The `evaluate` stage: predictions on val and test, the report, plots, errors, metrics, a thresholded model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dsm5lab import atomic
+from dsm5lab.config import Params
+from dsm5lab.data.labels import SYMPTOMS
+from dsm5lab.errors import UserError
+
+PREPARED = Path("stages/prepare")
+TRAINED = Path("stages/train/model")
+MODEL_OUT = Path("stages/evaluate/model")
+REPORT_DIR = Path("reports/evaluate")
+METRICS_FILE = Path("metrics/evaluate.json")
+
+
+@dataclass(frozen=True)
+class Settings:
+    seed: int
+    bootstrap_resamples: int
+    ci_level: float
+    ranking_k: int
+    calibration_bins: int
+    max_errors: int
+    batch_size: int
+
+
+def validate_report(report: dict) -> None:
+    """Check the report against the packaged JSON Schema; an invalid report fails the stage."""
+    import jsonschema
+
+    schema = json.loads(resources.files("dsm5lab.evaluation").joinpath("report.schema.json").read_text())
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(report), key=lambda e: list(e.path))
+    if errors:
+        where = "/".join(map(str, errors[0].path)) or "<root>"
+        raise UserError(f"evaluation report invalid at {where}: {errors[0].message}")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_report(params: Params, model_dir: Path, config: dict, manifest: dict, val, test, settings) -> dict:
+    from dsm5lab.evaluation import evaluate as ev
+
+    spec = config["spec"]
+    report = {
+        "schema_version": 1,
+        "model": {"path": str(model_dir), "sha256": _sha256(model_dir / "model.safetensors"),
+                  "backbone": config.get("backbone"), "task": spec["task"],
+                  "input_format": config["encode"]["input_format"], "level": config["encode"]["level"]},
+        "dataset": {"fingerprint": manifest["fingerprint"], "origin": manifest["origin"]},
+        "config": {"evaluate": params.evaluate.model_dump(), "seed": params.seed},
+        "splits": {"val": len(val.posts), "test": len(test.posts)},
+        "notes": [
+            "All metrics are on the test split; thresholds are tuned on the validation split only.",
+            "macro = unweighted mean over criteria with at least one positive in the split; "
+            "weighted = support-weighted mean over the same; micro = pooled decisions.",
+            f"Confidence intervals: {settings.ci_level:.0%} percentile bootstrap over test posts "
+            f"({settings.bootstrap_resamples} resamples, seed {settings.seed}).",
+        ],
+    }
+    if val.prob is not None:
+        report["criteria"] = ev.criteria_section(val, test, settings)
+        report["paper_view"] = ev.paper_section(test, config["encode"]["level"], settings)
+        if config["encode"]["level"] == "sentence":
+            report["notes"].append("The model works at sentence level: post predictions are the max over sentences.")
+    if test.spans is not None:
+        report["evidence"] = ev.evidence_section(test, settings)
+    return report
+
+
+def headline(report: dict) -> dict:
+    """metrics/evaluate.json: the numbers CI and `dvc exp show` compare (all on the test split)."""
+    out: dict = {}
+    if "criteria" in report:
+        c = report["criteria"]
+        out["test"] = {"macro_f1": c["test_at_tuned"]["macro_f1"], "micro_f1": c["test_at_tuned"]["micro_f1"],
+                       "macro_f1_at_0.5": c["test_at_0.5"]["macro_f1"]}
+        p = report["paper_view"]
+        out["paper"] = {"micro_f1": p["micro_f1"], "macro_f1": p["macro_f1"], "exact_match": p["exact_match"]}
+    if "evidence" in report:
+        e = report["evidence"]
+        out["evidence"] = {"sentence_macro_f1": e["sentence"]["macro_f1"], "mrr": e["ranking"]["mrr"],
+                           "ndcg_at_k": e["ranking"]["ndcg@k"], "span_token_f1": e["span"]["token_f1"]}
+    return json.loads(json.dumps(out), parse_float=lambda x: round(float(x), 6))
+
+
+def plot_frames(test, thresholds: list[float], bins: int) -> dict[str, pd.DataFrame]:
+    """Data for the DVC plots: one combined confusion view, ROC and PR per criterion, calibration."""
+    from dsm5lab.evaluation.metrics import calibration_bins, pr_curve, roc_curve
+
+    frames: dict[str, pd.DataFrame] = {}
+    pred = test.prob >= np.asarray(thresholds)
+    yes = np.array(["no", "yes"])
+    frames["confusion.csv"] = pd.DataFrame({
+        "actual": [f"{SYMPTOMS[c]}={yes[int(test.gold[i, c])]}" for i in range(len(pred)) for c in range(9)],
+        "predicted": [f"{SYMPTOMS[c]}={yes[int(pred[i, c])]}" for i in range(len(pred)) for c in range(9)],
+    })
+    for c, name in enumerate(SYMPTOMS):
+        roc = roc_curve(test.gold[:, c], test.prob[:, c])
+        pr = pr_curve(test.gold[:, c], test.prob[:, c])
+        frames[f"roc/{name}.csv"] = pd.DataFrame({"fpr": roc["fpr"], "tpr": roc["tpr"]}).dropna()
+        frames[f"pr/{name}.csv"] = pd.DataFrame({"recall": pr["recall"], "precision": pr["precision"]}).dropna()
+    frames["calibration.csv"] = pd.DataFrame(calibration_bins(test.gold, test.prob, bins))
+    return frames
+
+
+def summary_markdown(report: dict) -> str:
+    """A short human-readable summary: tables, no decoration."""
+    def f(x):
+        return "n/a" if x is None else f"{x:.3f}"
+
+    lines = [f"# Evaluation: {report['model']['path']}", "",
+             f"Test posts: {report['splits']['test']}; validation posts (thresholds): {report['splits']['val']}.", ""]
+    if "criteria" in report:
+        c = report["criteria"]
+        lines += ["## Criteria (test split, post level)", "",
+                  "| criterion | threshold | precision | recall | F1 | support | AUROC | PR-AUC |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, m in c["test_at_tuned"]["per_class"].items():
+            lines.append(f"| {name} | {m['threshold']:.2f} | {f(m['precision'])} | {f(m['recall'])} | {f(m['f1'])} "
+                         f"| {m['support']} | {f(m['auroc'])} | {f(m['pr_auc'])} |")
+        lines += ["", "| average | at 0.5 | at tuned thresholds | 95% CI (tuned) |", "|---|---|---|---|"]
+        for k in ("macro_f1", "micro_f1"):
+            ci = c["ci"][f"{k}@tuned"]
+            lines.append(f"| {k} | {f(c['test_at_0.5'][k])} | {f(c['test_at_tuned'][k])} | "
+                         f"{f(ci['low'])}-{f(ci['high'])} |")
+        p = report["paper_view"]
+        lines += ["", "## Paper view (test, 9 symptoms + NO_SYMPTOMS, threshold 0.5)", "",
+                  "| micro F1 | macro F1 | weighted F1 | exact match |", "|---|---|---|---|",
+                  f"| {f(p['micro_f1'])} ({f(p['ci']['micro_f1']['low'])}-{f(p['ci']['micro_f1']['high'])}) "
+                  f"| {f(p['macro_f1'])} ({f(p['ci']['macro_f1']['low'])}-{f(p['ci']['macro_f1']['high'])}) "
+                  f"| {f(p['weighted_f1'])} | {f(p['exact_match'])} |",
+                  "", "Published: TF-IDF+LinearSVC 0.39/0.28, bert-base-uncased 0.51/0.36, Llama-3.2-1B 0.544/0.489 "
+                  "(micro/macro, their 80/20 split)."]
+    if "evidence" in report:
+        e = report["evidence"]
+        lines += ["", "## Evidence (test split)", "", "| measure | value |", "|---|---|",
+                  f"| sentence macro F1 (threshold 0.5) | {f(e['sentence']['macro_f1'])} |",
+                  f"| sentence micro F1 | {f(e['sentence']['micro_f1'])} |",
+                  f"| Recall@{e['ranking']['k']} | {f(e['ranking']['recall@k'])} |",
+                  f"| nDCG@{e['ranking']['k']} | {f(e['ranking']['ndcg@k'])} |",
+                  f"| MRR | {f(e['ranking']['mrr'])} |",
+                  f"| span exact match | {f(e['span']['exact_match'])} |",
+                  f"| span token F1 | {f(e['span']['token_f1'])} |"]
+    lines += ["", *[f"- {n}" for n in report["notes"]], ""]
+    return "\n".join(lines)
+
+
+def export_thresholded(model_dir: Path, out: Path, thresholds: dict[str, float] | None) -> None:
+    """A copy of the trained model whose config carries the tuned thresholds (the train stage's out stays as is)."""
+    with atomic.staged_dir(out) as tmp:
+        for item in model_dir.iterdir():
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
+        if thresholds is not None:
+            config = json.loads((tmp / "config.json").read_text())
+            config["thresholds"] = thresholds
+            config["thresholds_tuned_on"] = "val"
+            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def run(params: Params, root: Path = Path("."), model_dir: Path | None = None, out_dir: Path | None = None) -> dict:
+    """Evaluate a model on the prepared val/test splits and write every output.
+
+    Pipeline mode (no out_dir): the trained model -> reports/evaluate/, metrics/evaluate.json and
+    stages/evaluate/model (the model with its tuned thresholds). With out_dir, any saved model or
+    checkpoint is evaluated and everything goes under out_dir, leaving pipeline outputs alone.
+    """
+    import torch
+
+    from dsm5lab.evaluation import evaluate as ev
+    from dsm5lab.models.saved import load_model
+    from dsm5lab.training.encoding import EncodeSpec, Encoder
+
+    root = Path(root)
+    model_dir = Path(model_dir) if model_dir is not None else root / TRAINED
+    model, tokenizer, config, criteria = load_model(model_dir)
+    prepared = root / PREPARED
+    if not (prepared / "manifest.json").is_file():
+        raise UserError(f"{prepared}: no prepared data (manifest.json missing); run `dvc repro prepare` first")
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    settings = Settings(seed=params.seed, **params.evaluate.model_dump())
+    encoder = Encoder(tokenizer, EncodeSpec(**config["encode"]), [c.description for c in criteria])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    val_posts, test_posts, sentences = ev.load_splits_for_eval(prepared)
+    val = ev.predict_split("val", model, encoder, val_posts, sentences, settings.batch_size, device)
+    test = ev.predict_split("test", model, encoder, test_posts, sentences, settings.batch_size, device)
+    report = build_report(params, model_dir, config, manifest, val, test, settings)
+    validate_report(report)
+    report_dir = root / REPORT_DIR if out_dir is None else Path(out_dir)
+    thresholds = None
+    if "criteria" in report:
+        thresholds = report["criteria"]["thresholds"]["values"]
+        with atomic.staged_dir(report_dir / "plots") as plots:
+            for name, frame in plot_frames(test, list(thresholds.values()), settings.calibration_bins).items():
+                (plots / name).parent.mkdir(parents=True, exist_ok=True)
+                frame.to_csv(plots / name, index=False, lineterminator="\n")
+        errors = ev.error_rows(test, list(thresholds.values()), settings.max_errors)
+        atomic.write_text(report_dir / "errors.csv", errors.to_csv(index=False, lineterminator="\n"))
+    atomic.write_json(report_dir / "evaluation_report.json", report)
+    atomic.write_text(report_dir / "summary.md", summary_markdown(report))
+    if out_dir is None:
+        export_thresholded(model_dir, root / MODEL_OUT, thresholds)
+        atomic.write_json(root / METRICS_FILE, headline(report))
+    else:
+        atomic.write_json(report_dir / "metrics.json", headline(report))
+    return report

@@ -1,0 +1,143 @@
+"""`dsm5lab predict`: criteria probabilities, decisions and evidence for new texts, as JSON lines."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dsm5lab.data.labels import ANNOTATION_LABELS, POST_LABELS, SYMPTOMS
+from dsm5lab.data.segment import segment
+from dsm5lab.errors import UserError
+
+DEFAULT_MODELS = (Path("stages/evaluate/model"), Path("stages/train/model"))
+
+
+def default_model() -> Path:
+    """The evaluated model (with tuned thresholds) when there is one, else the trained model."""
+    for path in DEFAULT_MODELS:
+        if (path / "model.safetensors").is_file():
+            return path
+    raise UserError("--model: no model found at stages/evaluate/model or stages/train/model; run `dvc repro` "
+                    "or pass --model PATH")
+
+
+def read_file(path: Path, text_column: str) -> list[tuple[str, str]]:
+    """(id, text) pairs from a .txt (one text per line), .jsonl ({"text", "id"?}) or .csv (a text column)."""
+    if not path.is_file():
+        raise UserError(f"--file: file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        raw = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise UserError(f"--file: {path} is not valid UTF-8") from None
+    if suffix == ".txt":
+        return [(str(i), line) for i, line in enumerate(raw.splitlines()) if line.strip()]
+    if suffix == ".jsonl":
+        out = []
+        for n, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"--file: {path} line {n} is not JSON ({exc.msg})") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get(text_column), str):
+                raise UserError(f"--file: {path} line {n} has no string field {text_column!r}")
+            out.append((str(obj.get("id", n - 1)), obj[text_column]))
+        return out
+    if suffix == ".csv":
+        rows = list(csv.DictReader(raw.splitlines(keepends=True)))
+        if not rows or text_column not in rows[0]:
+            found = ", ".join(rows[0]) if rows else "no rows"
+            raise UserError(f"--file: {path} has no column {text_column!r} (found: {found}); set --text-column")
+        key = "id" if "id" in rows[0] else "post_id" if "post_id" in rows[0] else None
+        return [(str(r[key]) if key else str(i), r[text_column]) for i, r in enumerate(rows)]
+    raise UserError(f"--file: {path}: unknown extension {suffix!r} (allowed: .txt, .jsonl, .csv)")
+
+
+def _frames(items: list[tuple[str, str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Posts and sentences tables in the prepared-table layout the encoder reads."""
+    keys = [f"in{i}" for i in range(len(items))]
+    posts = pd.DataFrame({"post_id": keys, "text": [t for _, t in items]})
+    for label in POST_LABELS:
+        posts[label] = 0
+    rows = []
+    for key, (_, text) in zip(keys, items):
+        for k, (s, e) in enumerate(segment(text)):
+            rows.append((key, k, s, e, text[s:e], *([0] * len(ANNOTATION_LABELS))))
+    sentences = pd.DataFrame(rows, columns=["post_id", "sentence_index", "start", "end", "text", *ANNOTATION_LABELS])
+    return posts, sentences
+
+
+def _evidence(text: str, sent: pd.DataFrame, probs: np.ndarray, span: np.ndarray, top: int) -> dict:
+    picks = [int(k) for k in np.argsort(-probs, kind="stable")[:top] if probs[k] >= 0.5]
+    out = {"sentences": [{"text": sent["text"].iloc[k], "start": int(sent["start"].iloc[k]),
+                          "end": int(sent["end"].iloc[k]), "score": round(float(probs[k]), 4)} for k in picks]}
+    if span[0] >= 0:
+        s, e = int(span[0]), int(span[1])
+        out["span"] = {"text": text[s:e], "start": s, "end": e, "score": round(float(span[2]), 4)}
+    return out
+
+
+def predict_texts(model_dir: Path, items: list[tuple[str, str]], batch_size: int = 32,
+                  top_sentences: int = 3, show_progress: bool = False) -> Iterator[dict]:
+    """One result dict per input, in input order, computed in batches."""
+    import torch
+
+    from dsm5lab.models.saved import load_model
+    from dsm5lab.progress import progress
+    from dsm5lab.training.encoding import EncodeSpec, Encoder
+    from dsm5lab.training.inference import post_matrix, predict
+
+    model, tokenizer, config, criteria = load_model(model_dir)
+    encoder = Encoder(tokenizer, EncodeSpec(**config["encode"]), [c.description for c in criteria])
+    thresholds = np.array([config["thresholds"][s] for s in SYMPTOMS])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    starts = range(0, len(items), batch_size)
+    for start in (progress(starts, "predicting", total=len(starts)) if show_progress else starts):
+        chunk = items[start : start + batch_size]
+        posts, sentences = _frames(chunk)
+        groups = encoder.encode(posts, sentences)
+        out = predict(model, groups, batch_size, tokenizer.pad_token_id, device, "fp32", spans=model.spec.has_evidence)
+        ids = posts["post_id"].tolist()
+        prob = post_matrix(groups, out["probs"], ids) if model.spec.has_criteria else None
+        sent_prob = {pid: np.zeros((int((sentences["post_id"] == pid).sum()), len(SYMPTOMS))) for pid in ids}
+        span = {pid: np.tile([-1.0, -1.0, 0.0], (len(SYMPTOMS), 1)) for pid in ids}
+        for g, sp, sc in zip(groups, out["sentence_probs"], out.get("spans", [None] * len(groups))):
+            cols = slice(None) if g.criterion < 0 else slice(g.criterion, g.criterion + 1)
+            if sp is not None:
+                sent_prob[g.post_id][:, cols] = sp
+            if sc is not None:
+                span[g.post_id][cols] = sc
+        for i, ((ident, text), pid) in enumerate(zip(chunk, ids)):
+            result: dict = {"id": ident}
+            if prob is not None:
+                result["probabilities"] = {s: round(float(p), 4) for s, p in zip(SYMPTOMS, prob[i])}
+                result["decisions"] = {s: bool(p >= t) for s, p, t in zip(SYMPTOMS, prob[i], thresholds)}
+                result["thresholds"] = {s: float(t) for s, t in zip(SYMPTOMS, thresholds)}
+            if model.spec.has_evidence:
+                sent = sentences[sentences["post_id"] == pid]
+                result["evidence"] = {
+                    s: _evidence(text, sent, sent_prob[pid][:, c], span[pid][c], top_sentences)
+                    for c, s in enumerate(SYMPTOMS)
+                }
+            yield result
+
+
+def write_lines(results: Iterable[dict], out) -> int:
+    n = 0
+    for result in results:
+        out.write(json.dumps(result, ensure_ascii=False) + "\n")
+        n += 1
+    return n
+
+
+def stdin_items() -> list[tuple[str, str]]:
+    return [(str(i), line) for i, line in enumerate(sys.stdin.read().splitlines()) if line.strip()]

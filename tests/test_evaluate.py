@@ -1,0 +1,202 @@
+"""The evaluate stage and `dsm5lab predict` on a tiny trained model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import new_project
+from dsm5lab.config import load_params
+from dsm5lab.errors import UserError
+from test_train import TINY, sets
+
+EVAL = TINY + ["evaluate.bootstrap_resamples=50"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """prepare + train (tiny) + evaluate once; tests copy the folder."""
+    root = tmp_path_factory.mktemp("trained")
+    new_project(root, "prepare", *sets(EVAL))
+    import os
+
+    os.environ["CI"] = "true"
+    from typer.testing import CliRunner
+
+    from dsm5lab.cli import app
+
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        for cmd in ("train", "evaluate"):
+            result = CliRunner().invoke(app, [cmd, *sets(EVAL)], catch_exceptions=False)
+            assert result.exit_code == 0, result.output
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+@pytest.fixture
+def project(trained, tmp_path, monkeypatch):
+    root = tmp_path / "p"
+    shutil.copytree(trained, root)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("CI", "true")
+    return root
+
+
+def test_report_validates_and_every_output_exists(project):
+    from dsm5lab.evaluation.stage import validate_report
+
+    report = json.loads(Path("reports/evaluate/evaluation_report.json").read_text())
+    validate_report(report)
+    assert report["criteria"]["thresholds"]["tuned_on"] == "val"
+    assert report["paper_view"]["classes"][-1] == "NO_SYMPTOMS" and report["paper_view"]["threshold"] == 0.5
+    assert set(report["evidence"]["ranking"]) >= {"recall@k", "ndcg@k", "mrr"}
+    ci = report["paper_view"]["ci"]["macro_f1"]
+    assert ci["low"] <= report["paper_view"]["macro_f1"] <= ci["high"]
+    metrics = json.loads(Path("metrics/evaluate.json").read_text())
+    assert set(metrics) == {"test", "paper", "evidence"}
+    errors = pd.read_csv("reports/evaluate/errors.csv")
+    assert list(errors.columns) == ["post_id", "criterion", "error", "gold", "predicted", "score", "threshold",
+                                    "confidence", "top_sentence", "text"]
+    assert errors["confidence"].is_monotonic_decreasing
+    assert set(errors["error"]) <= {"false_positive", "false_negative"}
+    assert "| criterion | threshold |" in Path("reports/evaluate/summary.md").read_text()
+    plots = Path("reports/evaluate/plots")
+    assert (plots / "confusion.csv").is_file() and (plots / "calibration.csv").is_file()
+    assert len(list((plots / "roc").glob("*.csv"))) == 9 and len(list((plots / "pr").glob("*.csv"))) == 9
+    config = json.loads(Path("stages/evaluate/model/config.json").read_text())
+    assert config["thresholds"] == report["criteria"]["thresholds"]["values"]
+    assert json.loads(Path("stages/train/model/config.json").read_text())["thresholds"]["FATIGUE"] == 0.5
+
+
+def test_an_invalid_report_fails(project):
+    from dsm5lab.evaluation.stage import validate_report
+
+    report = json.loads(Path("reports/evaluate/evaluation_report.json").read_text())
+    report["criteria"]["thresholds"]["tuned_on"] = "test"
+    with pytest.raises(UserError, match="criteria/thresholds/tuned_on"):
+        validate_report(report)
+
+
+def test_thresholds_only_ever_see_validation(project, monkeypatch):
+    """tune_thresholds receives exactly the validation predictions, and test changes cannot move them."""
+    from dsm5lab.evaluation import evaluate as ev
+    from dsm5lab.evaluation import stage
+
+    seen = []
+    real = ev.tune_thresholds
+
+    def spy(y, p, grid=None):
+        seen.append((np.array(y), np.array(p)))
+        return real(y, p, grid)
+
+    monkeypatch.setattr(ev, "tune_thresholds", spy)
+    params = load_params("params.yaml", EVAL)
+    report = stage.run(params, Path("."), out_dir=Path("spy"))
+    posts = pd.read_parquet("stages/prepare/posts.parquet")
+    val = posts[posts["split"] == "val"]
+    from dsm5lab.data.labels import SYMPTOMS
+
+    assert len(seen) == 1 and seen[0][0].shape[0] == len(val)
+    assert (seen[0][0] == val[list(SYMPTOMS)].to_numpy()).all()
+    # the same val predictions with scrambled test predictions give the same thresholds
+    val_pred = ev.SplitPredictions("val", val, seen[0][0], seen[0][1], [], None)
+    rng = np.random.default_rng(0)
+    test_a = ev.SplitPredictions("test", val, seen[0][0], rng.random(seen[0][1].shape), [], None)
+    settings = stage.Settings(seed=0, bootstrap_resamples=5, ci_level=0.95, ranking_k=3, calibration_bins=10,
+                              max_errors=10, batch_size=8)
+    a = ev.criteria_section(val_pred, test_a, settings)["thresholds"]
+    b = ev.criteria_section(val_pred, ev.SplitPredictions("test", val, 1 - seen[0][0], rng.random(seen[0][1].shape),
+                                                           [], None), settings)["thresholds"]
+    assert a == b == report["criteria"]["thresholds"]
+
+
+def test_evaluate_a_checkpoint_outside_the_pipeline(project, cli):
+    before = Path("metrics/evaluate.json").read_bytes()
+    checkpoint = sorted(Path("checkpoints/train").glob("step-*"))[-1]
+    result = cli("evaluate", "--model", str(checkpoint), "--out", "external", *sets(EVAL))
+    assert result.exit_code == 0, result.output
+    assert json.loads(Path("external/evaluation_report.json").read_text())["model"]["path"] == str(checkpoint)
+    assert Path("external/metrics.json").is_file()
+    assert Path("metrics/evaluate.json").read_bytes() == before
+
+
+def test_evaluate_a_folder_that_is_not_a_model(project, cli):
+    result = cli("evaluate", "--model", "stages/prepare", *sets(EVAL))
+    assert result.exit_code == 2 and "not a dsm5lab model or checkpoint directory" in result.stderr
+
+
+def _lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_predict_arguments(project, cli):
+    result = cli("predict", "I can't sleep and I feel worthless.", "Nice weather today.")
+    assert result.exit_code == 0, result.output
+    lines = _lines(result.stdout)
+    assert [x["id"] for x in lines] == ["0", "1"]
+    first = lines[0]
+    assert set(first["probabilities"]) == set(first["decisions"]) == set(first["thresholds"])
+    thresholds = json.loads(Path("stages/evaluate/model/config.json").read_text())["thresholds"]
+    assert first["thresholds"] == thresholds  # the tuned ones
+    text = "I can't sleep and I feel worthless."
+    assert set(first["evidence"]) == set(first["probabilities"])
+    for ev in first["evidence"].values():
+        for s in ev["sentences"]:
+            assert text[s["start"]: s["end"]] == s["text"] and s["score"] >= 0.5
+        if "span" in ev:
+            assert text[ev["span"]["start"]: ev["span"]["end"]] == ev["span"]["text"]
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl", ".csv"])
+def test_predict_file(project, cli, suffix):
+    texts = ["I am exhausted all the time.", "Work was fine today."]
+    path = Path(f"inputs{suffix}")
+    if suffix == ".txt":
+        path.write_text("\n".join(texts) + "\n")
+    elif suffix == ".jsonl":
+        path.write_text("".join(json.dumps({"id": f"x{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    else:
+        pd.DataFrame({"id": ["x0", "x1"], "text": texts}).to_csv(path, index=False)
+    result = cli("predict", "--file", str(path), "--out", "preds.jsonl")
+    assert result.exit_code == 0, result.output
+    lines = _lines(Path("preds.jsonl").read_text())
+    assert len(lines) == 2
+    if suffix != ".txt":
+        assert [x["id"] for x in lines] == ["x0", "x1"]
+
+
+def test_predict_stdin(project):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "dsm5lab", "predict"], input="I feel empty.\nAll good here.\n",
+                          capture_output=True, text=True, env={**__import__("os").environ, "CI": "true"})
+    assert proc.returncode == 0, proc.stderr
+    assert len(_lines(proc.stdout)) == 2
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--file", "nope.txt"], "file not found: nope.txt"),
+        (["--file", "params.yaml"], "unknown extension '.yaml'"),
+        (["--model", "nowhere", "hello"], "not a dsm5lab model or checkpoint directory"),
+    ],
+)
+def test_predict_bad_input(project, cli, args, fragment):
+    result = cli("predict", *args)
+    assert result.exit_code == 2 and fragment in result.stderr
+
+
+def test_predict_csv_without_text_column(project, cli):
+    Path("in.csv").write_text("body\nhello\n")
+    result = cli("predict", "--file", "in.csv")
+    assert result.exit_code == 2 and "has no column 'text'" in result.stderr
