@@ -75,6 +75,12 @@ def test_repro_then_status_is_clean_and_reproduces_the_lock(clone):
     train = json.loads((repo / "metrics/train.json").read_text())
     assert train["val"]["macro_f1"] > train["val_chance_macro_f1"]
     assert (repo / "stages/train/model/model.safetensors").is_file()
+    evaluation = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert evaluation["paper"]["macro_f1"] > train["val_chance_macro_f1"]
+    sh("dvc", "plots", "show", "-o", "plots-html", cwd=repo, env=env)
+    html = (repo / "plots-html" / "index.html").read_text()
+    for plot_id in ("confusion", "roc", "precision_recall", "calibration", "train_loss", "validation"):
+        assert f"vegaEmbed('#{plot_id}'" in html, plot_id
     if had_lock:  # the committed lock and metrics are what this code produces, byte for byte
         diff = sh("git", "status", "--porcelain", "--", "dvc.lock", "metrics", "reports", cwd=repo, env=env)
         assert diff == "", f"dvc repro changed committed results:\n{diff}"

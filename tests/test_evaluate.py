@@ -200,3 +200,21 @@ def test_predict_csv_without_text_column(project, cli):
     Path("in.csv").write_text("body\nhello\n")
     result = cli("predict", "--file", "in.csv")
     assert result.exit_code == 2 and "has no column 'text'" in result.stderr
+
+
+def test_evidence_only_model_writes_every_declared_output(project, cli):
+    over = EVAL + ["train.task=evidence", "train.early_stopping.metric=val/score"]
+    assert cli("train", *sets(over)).exit_code == 0
+    result = cli("evaluate", *sets(over))
+    assert result.exit_code == 0, result.output
+    report = json.loads(Path("reports/evaluate/evaluation_report.json").read_text())
+    assert "criteria" not in report and "evidence" in report
+    assert Path("reports/evaluate/errors.csv").read_text().startswith("post_id,criterion,error")
+    assert Path("reports/evaluate/plots").is_dir()
+    assert "positive_pairs_without_evidence" in report["evidence"]["span"]
+
+
+def test_predict_text_without_sentences(project, cli):
+    result = cli("predict", "...", "   ", "!!! ???")
+    assert result.exit_code == 0, result.output
+    assert len(_lines(result.stdout)) == 3

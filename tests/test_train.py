@@ -262,3 +262,26 @@ def test_bf16_autocast_on_cpu_trains(project):
 def test_fp16_on_cpu_is_refused(project, cli):
     result = cli("train", *sets(TINY + ["train.precision=fp16"]))
     assert result.exit_code == 2 and "fp16 needs a CUDA device" in result.stderr
+
+
+def test_a_fresh_run_never_reuses_an_older_runs_checkpoints(project):
+    """Run 1 leaves checkpoints behind; run 2 (not resuming) exports and reports only its own."""
+    from dsm5lab.training import stage
+
+    stage.run(load_params("params.yaml", TINY + ["train.epochs=3", "train.learning_rate=1e-7"]), Path("."))
+    second, report = stage.run(load_params("params.yaml", TINY + ["train.epochs=1"]), Path("."))
+    steps = [json.loads(line)["step"] for line in Path("checkpoints/train/registry.jsonl").read_text().splitlines()]
+    assert max(steps) == second.steps
+    exported, best = _weights(Path("stages/train/model")), _weights(second.best_checkpoint)
+    assert all(torch.equal(exported[k], best[k]) for k in best)
+    assert report["best_step"] == int(second.best_checkpoint.name.split("-")[1])
+
+
+def test_reported_best_is_the_exported_checkpoint(project):
+    from dsm5lab.training import stage
+
+    result, report = stage.run(load_params("params.yaml", TINY + ["train.epochs=3", "train.early_stopping.min_delta=0.5",
+                                                                 "train.early_stopping.patience=5"]), Path("."))
+    assert report["best_step"] == int(result.best_checkpoint.name.split("-")[1])
+    entry = next(h for h in result.history if h["step"] == report["best_step"])
+    assert report["val"]["score"] == pytest.approx(entry["val/score"], abs=1e-6)

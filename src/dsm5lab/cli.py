@@ -169,9 +169,9 @@ def predict_cmd(
     if out is None:
         pr.write_lines(results, sys.stdout)
         return
-    from dsm5lab import atomic
-
     import io
+
+    from dsm5lab import atomic
 
     buffer = io.StringIO()
     n = pr.write_lines(results, buffer)

@@ -57,7 +57,7 @@ def read_file(path: Path, text_column: str) -> list[tuple[str, str]]:
             found = ", ".join(rows[0]) if rows else "no rows"
             raise UserError(f"--file: {path} has no column {text_column!r} (found: {found}); set --text-column")
         key = "id" if "id" in rows[0] else "post_id" if "post_id" in rows[0] else None
-        return [(str(r[key]) if key else str(i), r[text_column]) for i, r in enumerate(rows)]
+        return [(str(r[key]) if key else str(i), r[text_column] or "") for i, r in enumerate(rows)]
     raise UserError(f"--file: {path}: unknown extension {suffix!r} (allowed: .txt, .jsonl, .csv)")
 
 
@@ -92,7 +92,7 @@ def predict_texts(model_dir: Path, items: list[tuple[str, str]], batch_size: int
 
     from dsm5lab.models.saved import load_model
     from dsm5lab.progress import progress
-    from dsm5lab.training.encoding import EncodeSpec, Encoder
+    from dsm5lab.training.encoding import Encoder, EncodeSpec
     from dsm5lab.training.inference import post_matrix, predict
 
     model, tokenizer, config, criteria = load_model(model_dir)

@@ -137,10 +137,12 @@ def evidence_section(test: SplitPredictions, cfg) -> dict:
         per_criterion[name] = sentence_prf(gold[:, c], prob[:, c] >= 0.5)
     present = [v["f1"] for v in per_criterion.values() if v["f1"] is not None]
     scores, relevant, pred_spans, gold_spans, texts = [], [], [], [], []
+    unaligned = 0  # positive (post, criterion) pairs whose evidence could not be placed in the post
     for i, (g, p, char) in enumerate(test.sentences):
         text = test.posts["text"].iloc[i]
         for c in range(len(SYMPTOMS)):
             if not g[:, c].any():
+                unaligned += int(test.gold[i, c] == 1)
                 continue
             scores.append(p[:, c])
             relevant.append(g[:, c])
@@ -165,16 +167,16 @@ def evidence_section(test: SplitPredictions, cfg) -> dict:
             "ci": {"macro_f1": bootstrap_ci(macro_stat, len(test.sentences), cfg.bootstrap_resamples, cfg.seed,
                                             1 - cfg.ci_level)},
         },
-        "ranking": ranking_metrics(scores, relevant, cfg.ranking_k),
-        "span": span_scores(pred_spans, gold_spans, texts),
+        "ranking": {**ranking_metrics(scores, relevant, cfg.ranking_k), "positive_pairs_without_evidence": unaligned},
+        "span": {**span_scores(pred_spans, gold_spans, texts), "positive_pairs_without_evidence": unaligned},
     }
 
 
-def error_rows(test: SplitPredictions, thresholds: list[float], limit: int) -> pd.DataFrame:
-    """False positives and negatives on test at the tuned thresholds, most confident first."""
+def error_rows(test: SplitPredictions, thresholds: list[float] | None, limit: int) -> pd.DataFrame:
+    """False positives and negatives on test at the tuned thresholds, most confident first (none without criteria)."""
     rows = []
-    th = np.asarray(thresholds)
-    pred = test.prob >= th
+    th = np.asarray(thresholds if thresholds is not None else [0.5] * len(SYMPTOMS))
+    pred = test.prob >= th if test.prob is not None else test.gold.astype(bool)
     for i, c in zip(*np.nonzero(pred != test.gold.astype(bool))):
         g, p, char = test.sentences[i]
         text = test.posts["text"].iloc[i]

@@ -185,7 +185,7 @@ def run(params: Params, root: Path = Path("."), model_dir: Path | None = None, o
 
     from dsm5lab.evaluation import evaluate as ev
     from dsm5lab.models.saved import load_model
-    from dsm5lab.training.encoding import EncodeSpec, Encoder
+    from dsm5lab.training.encoding import Encoder, EncodeSpec
 
     root = Path(root)
     model_dir = Path(model_dir) if model_dir is not None else root / TRAINED
@@ -204,15 +204,17 @@ def run(params: Params, root: Path = Path("."), model_dir: Path | None = None, o
     report = build_report(params, model_dir, config, manifest, val, test, settings)
     validate_report(report)
     report_dir = root / REPORT_DIR if out_dir is None else Path(out_dir)
-    thresholds = None
-    if "criteria" in report:
-        thresholds = report["criteria"]["thresholds"]["values"]
-        with atomic.staged_dir(report_dir / "plots") as plots:
+    thresholds = report["criteria"]["thresholds"]["values"] if "criteria" in report else None
+    # both are declared outs of the stage: an evidence-only model still writes them (header / a note)
+    with atomic.staged_dir(report_dir / "plots") as plots:
+        if thresholds is None:
+            (plots / "README.txt").write_text("This model has no criteria head: no criteria plots.\n")
+        else:
             for name, frame in plot_frames(test, list(thresholds.values()), settings.calibration_bins).items():
                 (plots / name).parent.mkdir(parents=True, exist_ok=True)
                 frame.to_csv(plots / name, index=False, lineterminator="\n")
-        errors = ev.error_rows(test, list(thresholds.values()), settings.max_errors)
-        atomic.write_text(report_dir / "errors.csv", errors.to_csv(index=False, lineterminator="\n"))
+    errors = ev.error_rows(test, list(thresholds.values()) if thresholds else None, settings.max_errors)
+    atomic.write_text(report_dir / "errors.csv", errors.to_csv(index=False, lineterminator="\n"))
     atomic.write_json(report_dir / "evaluation_report.json", report)
     atomic.write_text(report_dir / "summary.md", summary_markdown(report))
     if out_dir is None:

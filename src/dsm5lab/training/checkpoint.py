@@ -147,6 +147,14 @@ def save_checkpoint(path: Path, model: torch.nn.Module, *, optimizer=None, sched
         write_json(tmp / "meta.json", meta)
 
 
+def peek_state(path: Path) -> dict:
+    """The `state` dict of a checkpoint, without touching any model or RNG."""
+    file = Path(path) / "trainer_state.pt"
+    if not file.is_file():
+        raise UserError(f"checkpoint: {path} is incomplete (trainer_state.pt missing)")
+    return torch.load(file, map_location="cpu", weights_only=True)["state"]
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module, *, optimizer=None, scheduler=None, scaler=None,
                     restore_rng: bool = True, map_location="cpu") -> dict:
     """Load weights (strict) and the given optimizer/scheduler/scaler state, restore RNGs; return `state`."""
@@ -177,6 +185,20 @@ def load_checkpoint(path: Path, model: torch.nn.Module, *, optimizer=None, sched
     if restore_rng:
         _set_rng_state(saved["rng"])
     return saved["state"]
+
+
+def clear_run(root: Path) -> None:
+    """Forget a run's checkpoints (step-* folders and the registry) so a fresh run never picks up an old one.
+
+    Other files in the folder (the tracker's event log and MLflow buffer, run assets) are left alone.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return
+    for p in root.iterdir():
+        if p.is_dir() and (p.name.startswith("step-") or ".tmp-" in p.name):
+            shutil.rmtree(p)
+    (root / REGISTRY).unlink(missing_ok=True)
 
 
 def check_free_space(directory: Path, min_free_gb: float) -> None:

@@ -82,6 +82,8 @@ def _window_starts(n: int, room: int, stride: int, max_chunks: int) -> list[int]
 
 
 def _sentence_of(offsets: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    if len(starts) == 0:  # text with tokens but no sentence (e.g. only punctuation)
+        return np.full(len(offsets), -1, dtype=np.int64)
     idx = np.searchsorted(starts, offsets[:, 0], side="right") - 1
     ok = (idx >= 0) & (offsets[:, 0] < ends[np.clip(idx, 0, None)]) & (offsets[:, 1] > offsets[:, 0])
     return np.where(ok, idx, -1)
@@ -226,6 +228,7 @@ def collate(groups: list[Group], pad_id: int, evidence_kind: str | None, max_spa
     attention = torch.zeros((n_win, width), dtype=torch.long)
     types = torch.zeros((n_win, width), dtype=torch.long)
     sentence_map = torch.full((n_win, width), -1, dtype=torch.long)
+    text_mask = torch.zeros((n_win, width), dtype=torch.bool)  # tokens of the text itself (spans may only use these)
     window_group = torch.empty(n_win, dtype=torch.long)
     window_mask = torch.empty((n_win, channels), dtype=torch.float32)
     sentence_labels, sentence_group = [], []
@@ -236,6 +239,7 @@ def collate(groups: list[Group], pad_id: int, evidence_kind: str | None, max_spa
             t = len(w.input_ids)
             input_ids[k, :t] = torch.from_numpy(w.input_ids)
             attention[k, :t] = 1
+            text_mask[k, :t] = torch.from_numpy(w.offsets[:, 0] >= 0)
             types[k, :t] = torch.from_numpy(w.token_type_ids)
             if n_sent:
                 sids = torch.from_numpy(w.sentence_ids)
@@ -257,6 +261,7 @@ def collate(groups: list[Group], pad_id: int, evidence_kind: str | None, max_spa
         "window_channel_mask": window_mask,
         "n_sentences": s_off,
         "sentence_map": sentence_map,
+        "text_mask": text_mask,
     }
     if s_off:
         batch["sentence_labels"] = torch.cat(sentence_labels)

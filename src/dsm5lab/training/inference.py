@@ -60,7 +60,7 @@ def predict(model, groups: list[Group], batch_size: int, pad_id: int, device, pr
             for local, gi in enumerate(idx):
                 sent_probs[gi] = sp[owner == local]
         if spans and "evidence" in out:
-            decoded = model.evidence_head.decode(out["evidence"], batch["attention_mask"]).float().cpu().numpy()
+            decoded = model.evidence_head.decode(out["evidence"], batch["text_mask"]).float().cpu().numpy()
             windows = [(gi, w) for gi in idx for w in groups[gi].windows]
             for (gi, window), per_channel in zip(windows, decoded):
                 _keep_best_spans(best[gi], window.offsets, per_channel)

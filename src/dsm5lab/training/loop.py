@@ -30,7 +30,7 @@ from dsm5lab.models.backbone import build_backbone
 from dsm5lab.models.multitask import ModelSpec, MultiTaskModel
 from dsm5lab.progress import progress
 from dsm5lab.tracking import flatten
-from dsm5lab.training.checkpoint import CheckpointManager, load_checkpoint
+from dsm5lab.training.checkpoint import CheckpointManager, clear_run, load_checkpoint, peek_state
 from dsm5lab.training.encoding import Encoder, EncodeSpec, Group, bucket_batches, collate
 from dsm5lab.training.inference import autocast_for, predict, to_device, validation_metrics
 from dsm5lab.training.objective import class_weights, objective
@@ -210,19 +210,25 @@ def fit(
     kind = spec.evidence_head if spec.has_evidence else None
     weights = class_weights(train_groups, t.loss, device)
 
+    if not resume:
+        clear_run(paths.checkpoints)
+    manager = CheckpointManager(paths.checkpoints, keep_last_n=t.checkpoint.keep_last_n,
+                                keep_best_k=t.checkpoint.keep_best_k, mode="min" if metric == "val/loss" else "max",
+                                min_free_gb=t.checkpoint.min_free_gb, run=paths.checkpoints.name)
+    resumed = peek_state(manager.latest) if resume and manager.latest is not None else None
     micro, accum = t.batch_size, t.grad_accum_steps
-    if device.type == "cuda" and t.batch_probe.enabled:
+    if resumed is not None:  # the batch layout of the interrupted run, whatever the GPU has free now
+        micro, accum = resumed.get("micro_batch", micro), resumed.get("accumulation", accum)
+    elif device.type == "cuda" and t.batch_probe.enabled:
         micro, accum = _probe(model, train_groups, t, pad_id, kind, spec, device, params, weights)
     batches_per_epoch = math.ceil(len(train_groups) / micro)
     steps_per_epoch = math.ceil(batches_per_epoch / accum)
     optimizer, scheduler = build_optimizer(model, t, steps_per_epoch * t.epochs)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and t.precision == "fp16")
-    manager = CheckpointManager(paths.checkpoints, keep_last_n=t.checkpoint.keep_last_n,
-                                keep_best_k=t.checkpoint.keep_best_k, mode="min" if metric == "val/loss" else "max",
-                                min_free_gb=t.checkpoint.min_free_gb, run=paths.checkpoints.name)
     state = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "best_score": None, "bad_evals": 0,
-             "best": {}, "history": [], "train_seconds": 0.0, "train_groups": 0, "train_tokens": 0}
-    if resume and manager.latest is not None:
+             "history": [], "train_seconds": 0.0, "train_groups": 0, "train_tokens": 0,
+             "micro_batch": micro, "accumulation": accum}
+    if resumed is not None:
         state = load_checkpoint(manager.latest, model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
         tracker.event("resume", checkpoint=str(manager.latest), step=state["step"], epoch=state["epoch"])
     info = system_info(device)
@@ -246,8 +252,8 @@ def fit(
         tracker.log_metrics({**metrics, "train/epoch": epoch + batch_in_epoch / batches_per_epoch}, step=state["step"])
         state["history"].append({"step": state["step"], "epoch": epoch, **metrics})
         score = metrics[metric]
-        if math.isfinite(score) and improved(score):
-            state.update(best_score=score, bad_evals=0, best={"step": state["step"], "epoch": epoch, **metrics})
+        if math.isfinite(score) and improved(score):  # min_delta decides patience; the manager decides "best"
+            state.update(best_score=score, bad_evals=0)
         else:
             state["bad_evals"] += 1
         state.update(epoch=epoch, batch_in_epoch=batch_in_epoch)
@@ -278,7 +284,9 @@ def fit(
                     f"train: loss is {loss.item()} at step {state['step']} (epoch {epoch + 1}); stopped without "
                     "saving it. Lower train.learning_rate, keep train.max_grad_norm > 0, or use precision fp32"
                 )
-            scaler.scale(loss / accum).backward()
+            # the epoch's last accumulation window may hold fewer micro-batches: average over those it has
+            window = min(accum, len(order) - (bi // accum) * accum)
+            scaler.scale(loss / window).backward()
             state["train_groups"] += len(idx)
             state["train_tokens"] += int(batch["attention_mask"].sum())
             last_in_epoch = bi + 1 == len(order)
@@ -313,8 +321,10 @@ def fit(
     throughput = {"samples_per_s": state["train_groups"] / secs, "tokens_per_s": state["train_tokens"] / secs,
                   "train_seconds": state["train_seconds"], "micro_batch": micro, "accumulation": accum}
     chance = chance_macro_f1(val_posts[list(SYMPTOMS)].to_numpy()) if spec.has_criteria else None
+    best_step = next((r["step"] for r in manager.records if manager.best and r["path"] == manager.best.name), None)
     result = TrainResult(
-        best=state["best"], history=state["history"], steps=state["step"], stopped_early=stopped,
+        best=next(({"step": h["step"], "epoch": h["epoch"], **{k: v for k, v in h.items() if k.startswith("val/")}}
+                   for h in state["history"] if h["step"] == best_step), {}), history=state["history"], steps=state["step"], stopped_early=stopped,
         epochs_run=(state["history"][-1]["epoch"] + 1) if state["history"] else 0, throughput=throughput,
         chance_macro_f1=chance, best_checkpoint=manager.best, n_parameters=n_params, system=info,
     )
