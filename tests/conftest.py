@@ -34,11 +34,10 @@ def cli():
     return invoke
 
 
-def new_project(root: Path, *args: str):
-    """Copy params.yaml into `root` and run `dsm5lab ARGS` there (for module-scoped fixtures)."""
+def run_in(root: Path, *args: str):
+    """Run `dsm5lab ARGS` with `root` as the cwd (for module-scoped fixtures, where monkeypatch is not available)."""
     import os
 
-    shutil.copy(ROOT / "params.yaml", root / "params.yaml")
     cwd = os.getcwd()
     os.chdir(root)
     try:
@@ -47,6 +46,22 @@ def new_project(root: Path, *args: str):
         os.chdir(cwd)
     assert result.exit_code == 0, result.output
     return result
+
+
+def new_project(root: Path, *args: str):
+    """Copy params.yaml into `root` and run `dsm5lab ARGS` there."""
+    shutil.copy(ROOT / "params.yaml", root / "params.yaml")
+    return run_in(root, *args)
+
+
+def copy_project(src: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A private copy of a fixture project as the cwd, quiet (CI=true) and with the default MLflow store."""
+    root = tmp_path / "p"
+    shutil.copytree(src, root)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("CI", "true")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return root
 
 
 def default_params() -> dict:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import new_project
+from conftest import copy_project, new_project, run_in
 from dsm5lab.config import load_params
 from dsm5lab.errors import UserError
 from test_train import TINY, sets
@@ -23,31 +22,14 @@ def trained(tmp_path_factory):
     """prepare + train (tiny) + evaluate once; tests copy the folder."""
     root = tmp_path_factory.mktemp("trained")
     new_project(root, "prepare", *sets(EVAL))
-    import os
-
-    os.environ["CI"] = "true"
-    from typer.testing import CliRunner
-
-    from dsm5lab.cli import app
-
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        for cmd in ("train", "evaluate"):
-            result = CliRunner().invoke(app, [cmd, *sets(EVAL)], catch_exceptions=False)
-            assert result.exit_code == 0, result.output
-    finally:
-        os.chdir(cwd)
+    run_in(root, "train", *sets(EVAL))
+    run_in(root, "evaluate", *sets(EVAL))
     return root
 
 
 @pytest.fixture
 def project(trained, tmp_path, monkeypatch):
-    root = tmp_path / "p"
-    shutil.copytree(trained, root)
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("CI", "true")
-    return root
+    return copy_project(trained, tmp_path, monkeypatch)
 
 
 def test_report_validates_and_every_output_exists(project):

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import new_project
+from conftest import copy_project, new_project
 from dsm5lab.config import load_params
 
 # A tiny, fast configuration for tests: one small layer, short windows, few posts.
@@ -35,13 +34,7 @@ def prepared(tmp_path_factory):
 
 @pytest.fixture
 def project(prepared, tmp_path, monkeypatch):
-    """A fresh copy of the prepared project as the cwd, with CI quiet mode and a local MLflow store."""
-    root = tmp_path / "p"
-    shutil.copytree(prepared, root)
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("CI", "true")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return root
+    return copy_project(prepared, tmp_path, monkeypatch)
 
 
 def small_batch(root: Path, params):
