@@ -90,10 +90,10 @@ def predict_texts(model_dir: Path, items: list[tuple[str, str]], batch_size: int
     """One result dict per input, in input order, computed in batches."""
     import torch
 
+    from dsm5lab.evaluation.evaluate import predict_split
     from dsm5lab.models.saved import load_model
     from dsm5lab.progress import progress
     from dsm5lab.training.encoding import Encoder, EncodeSpec
-    from dsm5lab.training.inference import post_matrix, predict
 
     model, tokenizer, config, criteria = load_model(model_dir)
     encoder = Encoder(tokenizer, EncodeSpec(**config["encode"]), [c.description for c in criteria])
@@ -104,28 +104,21 @@ def predict_texts(model_dir: Path, items: list[tuple[str, str]], batch_size: int
     for start in (progress(starts, "predicting", total=len(starts)) if show_progress else starts):
         chunk = items[start : start + batch_size]
         posts, sentences = _frames(chunk)
-        groups = encoder.encode(posts, sentences)
-        out = predict(model, groups, batch_size, tokenizer.pad_token_id, device, "fp32", spans=model.spec.has_evidence)
-        ids = posts["post_id"].tolist()
-        prob = post_matrix(groups, out["probs"], ids) if model.spec.has_criteria else None
-        sent_prob = {pid: np.zeros((int((sentences["post_id"] == pid).sum()), len(SYMPTOMS))) for pid in ids}
-        span = {pid: np.tile([-1.0, -1.0, 0.0], (len(SYMPTOMS), 1)) for pid in ids}
-        for g, sp, sc in zip(groups, out["sentence_probs"], out.get("spans", [None] * len(groups))):
-            cols = slice(None) if g.criterion < 0 else slice(g.criterion, g.criterion + 1)
-            if sp is not None:
-                sent_prob[g.post_id][:, cols] = sp
-            if sc is not None:
-                span[g.post_id][cols] = sc
-        for i, ((ident, text), pid) in enumerate(zip(chunk, ids)):
+        # the same per-post assembly the evaluate stage uses (criteria, sentence scores, best spans)
+        split = predict_split("input", model, encoder, posts, sentences, batch_size, device)
+        by_post = {pid: g for pid, g in sentences.groupby("post_id", sort=False)}
+        for i, ((ident, text), pid) in enumerate(zip(chunk, posts["post_id"])):
             result: dict = {"id": ident}
-            if prob is not None:
-                result["probabilities"] = {s: round(float(p), 4) for s, p in zip(SYMPTOMS, prob[i])}
-                result["decisions"] = {s: bool(p >= t) for s, p, t in zip(SYMPTOMS, prob[i], thresholds)}
+            if split.prob is not None:
+                prob = split.prob[i]
+                result["probabilities"] = {s: round(float(p), 4) for s, p in zip(SYMPTOMS, prob)}
+                result["decisions"] = {s: bool(p >= t) for s, p, t in zip(SYMPTOMS, prob, thresholds)}
                 result["thresholds"] = {s: float(t) for s, t in zip(SYMPTOMS, thresholds)}
-            if model.spec.has_evidence:
-                sent = sentences[sentences["post_id"] == pid]
+            if split.spans is not None:
+                sent = by_post.get(pid, sentences.iloc[:0])
+                sent_prob = split.sentences[i][1]
                 result["evidence"] = {
-                    s: _evidence(text, sent, sent_prob[pid][:, c], span[pid][c], top_sentences)
+                    s: _evidence(text, sent, sent_prob[:, c], split.spans[i, c], top_sentences)
                     for c, s in enumerate(SYMPTOMS)
                 }
             yield result
