@@ -81,9 +81,36 @@ def test_repro_then_status_is_clean_and_reproduces_the_lock(clone):
     html = (repo / "plots-html" / "index.html").read_text()
     for plot_id in ("confusion", "roc", "precision_recall", "calibration", "train_loss", "validation"):
         assert f"vegaEmbed('#{plot_id}'" in html, plot_id
+    hpo = json.loads((repo / "metrics/hpo.json").read_text())
+    assert hpo["trials"]["finished"] >= 1 and (repo / "stages/hpo/best_params.yaml").is_file()
     if had_lock:  # the committed lock and metrics are what this code produces, byte for byte
-        diff = sh("git", "status", "--porcelain", "--", "dvc.lock", "metrics", "reports", cwd=repo, env=env)
+        # except the hpo stage: its outputs record wall-clock times (trial durations, seconds saved)
+        diff = sh("git", "status", "--porcelain", "--", "metrics", "reports", ":!metrics/hpo.json",
+                  ":!reports/hpo", cwd=repo, env=env)
         assert diff == "", f"dvc repro changed committed results:\n{diff}"
+        import yaml
+
+        committed = yaml.safe_load(sh("git", "show", "HEAD:dvc.lock", cwd=repo, env=env))["stages"]
+        produced = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+        for stage in ("prepare", "train", "evaluate"):
+            assert produced[stage] == committed[stage], f"dvc.lock differs for stage {stage}"
+        assert produced["hpo"]["deps"] == committed["hpo"]["deps"]
+        assert produced["hpo"]["params"] == committed["hpo"]["params"]
+    # promote round trip: the best trial's values go into params.yaml, and `dvc repro` trains exactly them
+    import yaml
+
+    best = yaml.safe_load((repo / "stages/hpo/best_params.yaml").read_text())
+    sh("dsm5lab", "hpo", "promote", cwd=repo, env=env)
+    diff = json.loads(sh("dvc", "params", "diff", "--json", cwd=repo, env=env))["params.yaml"]
+    expected = {f"{section}.{key}": value for section, values in best.items() for key, value in values.items()}
+    changed = {k: v["new"] for k, v in diff.items()}
+    assert {k: v for k, v in expected.items() if k in changed} == changed
+    sh("dvc", "repro", "train", cwd=repo, env=env)
+    trained = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["train"]["params"]["params.yaml"]
+    for key, value in expected.items():
+        section, name = key.split(".", 1)
+        assert trained[section][name] == value, key
+    assert "Data and pipelines are up to date" in sh("dvc", "repro", "train", cwd=repo, env=env)
 
 
 def test_exp_run_with_override_shows_in_exp_show_and_mlflow(clone):

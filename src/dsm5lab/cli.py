@@ -179,6 +179,86 @@ def predict_cmd(
     typer.echo(f"wrote {n} predictions to {out}", err=True)
 
 
+hpo_app = typer.Typer(help="Hyperparameter search with Optuna: run the stage, add workers, promote, export.",
+                      no_args_is_help=True)
+app.add_typer(hpo_app, name="hpo")
+StorageOpt = Annotated[str, typer.Option("--storage", help="Optuna storage URL (sqlite:///..., journal:<file>, postgresql://...).")]
+StudyOpt = Annotated[str, typer.Option("--study", help="study name (printed by `hpo run`, in stages/hpo/storage/storage.json).")]
+
+
+def _err(line: str) -> None:
+    typer.echo(line, err=True)
+
+
+@hpo_app.command("run")
+@user_errors
+def hpo_run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """The hpo stage: create or resume the study, run trials to hpo.n_trials, write best params and reports."""
+    from dsm5lab.hpo import study
+
+    metrics = study.run(_load(params, set_), Path("."), echo=_err)
+    t = metrics["trials"]
+    typer.echo(f"hpo: study {metrics['study']}: best trial {metrics['best_trial']} value {metrics['best_value']}; "
+               f"{t['complete']} complete, {t['pruned']} pruned, {t['failed']} failed; pruning saved "
+               f"{metrics['trial_epochs_saved_by_pruning']} trial-epochs. Apply with `dsm5lab hpo promote`")
+
+
+@hpo_app.command("worker")
+@user_errors
+def hpo_worker(storage: StorageOpt, study_name: StudyOpt) -> None:
+    """Join a running study from another process or machine (same commit and prepared data)."""
+    from dsm5lab.hpo import study
+
+    n = study.worker(storage, study_name, Path("."), echo=_err)
+    typer.echo(f"hpo worker: finished {n} trial(s) of {study_name}")
+
+
+@hpo_app.command("promote")
+@user_errors
+def hpo_promote(
+    params: ParamsOpt = Path("params.yaml"),
+    best: Annotated[Path, typer.Option("--best", help="best params written by the hpo stage.")] = Path(
+        "stages/hpo/best_params.yaml"),
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the diff; change nothing.")] = False,
+) -> None:
+    """Write the best trial's values into params.yaml (comments and order kept) and print the diff."""
+    from dsm5lab.hpo.promote import promote
+
+    changed, diff = promote(best, params, dry_run=dry_run)
+    typer.echo(diff, nl=False)
+    verb = "would change" if dry_run else "changed"
+    typer.echo(f"promote: {verb} {len(changed)} value(s) in {params}" + ("; next: dvc repro" if changed and not dry_run else ""))
+
+
+@hpo_app.command("export")
+@user_errors
+def hpo_export(
+    storage: StorageOpt,
+    study_name: StudyOpt,
+    out: Annotated[Path, typer.Option("--out", help="CSV to write.")] = Path("reports/hpo/trials.csv"),
+) -> None:
+    """Write the trials table of any study in any storage as CSV."""
+    from dsm5lab.hpo import report, study
+
+    found, _ = study.load_from_storage(storage, study_name)
+    n = report.write_trials_csv(found, out)
+    typer.echo(f"wrote {n} trials of {study_name} to {out}")
+
+
+@hpo_app.command("compare-pruning")
+@user_errors
+def hpo_compare_pruning(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Benchmark: re-run the hpo stage's finished trials without pruning; report the compute pruning saved."""
+    from dsm5lab.hpo.compare import OUT, compare_pruning
+
+    r = compare_pruning(_load(params, set_), Path("."))
+    w, wo = r["with_pruning"], r["without_pruning"]
+    typer.echo(f"{r['trials']} trials, {len(r['pruned'])} pruned: {w['trial_seconds']} s / {w['trial_epochs']} "
+               f"trial-epochs with pruning, {wo['trial_seconds']} s / {wo['trial_epochs']} without; saved "
+               f"{r['saved_seconds']} s ({r['saved_share']:.1%}). Best with pruning {r['best_with_pruning']}, "
+               f"without {r['best_without_pruning']}. Written to {OUT}")
+
+
 tracking_app = typer.Typer(help="Tracking utilities.", no_args_is_help=True)
 app.add_typer(tracking_app, name="tracking")
 
@@ -196,6 +276,23 @@ def tracking_replay(
     if not buffer.is_file():
         raise UserError(f"--buffer: file not found: {buffer}")
     typer.echo(f"replayed {replay(buffer, uri)} records from {buffer}")
+
+
+@app.command()
+@user_errors
+def gate(
+    rev: Annotated[str, typer.Option("--rev", help="git revision holding the baseline metrics files.")] = "HEAD",
+    gate_file: Annotated[Path, typer.Option("--gate-file", help="tolerances per metric.")] = Path("gate.yaml"),
+) -> None:
+    """Fail (exit 1) when a metric dropped beyond its tolerance against the baseline at --rev."""
+    from dsm5lab import gate as gate_mod
+
+    result = gate_mod.check(Path("."), gate_file, rev)
+    _print_table(f"gate: metrics vs {rev}", gate_mod.HEADER, gate_mod.rows(result))
+    if not result.passed:
+        typer.echo(f"gate: {result.n_failed} metric(s) regressed beyond tolerance", err=True)
+        raise typer.Exit(code=1)
+    typer.echo("gate: passed")
 
 
 def main() -> None:

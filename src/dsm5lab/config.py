@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dsm5lab.errors import UserError
+from dsm5lab.hpo.schema import HpoConfig, check_against_params
 
 
 class _Strict(BaseModel):
@@ -196,6 +197,23 @@ class Params(_Strict):
     train: TrainConfig
     evaluate: EvaluateConfig
     tracking: TrackingConfig
+    hpo: HpoConfig
+
+    @model_validator(mode="after")
+    def _space_fits_params(self) -> Params:
+        check_against_params(self.hpo, self.model_dump(include={"model", "train"}), _validate_trial)
+        return self
+
+
+def _validate_trial(raw: dict[str, Any]) -> None:
+    """Validate the model and train sections of a trial's params; ValueError with the first problem."""
+    for name, section in (("model", ModelConfig), ("train", TrainConfig)):
+        try:
+            section.model_validate(raw[name])
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise ValueError(f"{name}{'.' + where if where else ''}: {err['msg']}") from None
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
@@ -224,7 +242,10 @@ def _format_error(err: dict[str, Any], source: str) -> str:
         return f"{source}: missing key '{key}'"
     value = err.get("input")
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
-    return f"{source}: {key}: {err['msg']}{shown}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if not err["loc"]:  # a check across sections: the message names its keys
+        return f"{source}: {msg}"
+    return f"{source}: {key}: {msg}{shown}"
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -249,7 +249,8 @@ def fit(
         """Validate, log, checkpoint; return True when early stopping says stop."""
         pred = predict(model, val_groups, t.eval_batch_size, pad_id, device, t.precision, params, weights)
         metrics = validation_metrics(val_groups, pred, val_posts, t.task)
-        tracker.log_metrics({**metrics, "train/epoch": epoch + batch_in_epoch / batches_per_epoch}, step=state["step"])
+        progress_epochs = epoch + batch_in_epoch / batches_per_epoch
+        tracker.log_metrics({**metrics, "train/epoch": progress_epochs}, step=state["step"])
         state["history"].append({"step": state["step"], "epoch": epoch, **metrics})
         score = metrics[metric]
         if math.isfinite(score) and improved(score):  # min_delta decides patience; the manager decides "best"
@@ -259,8 +260,8 @@ def fit(
         state.update(epoch=epoch, batch_in_epoch=batch_in_epoch)
         manager.save(model, step=state["step"], epoch=epoch, score=score, metric=metric, optimizer=optimizer,
                      scheduler=scheduler, scaler=scaler, state=state, config=model_config)
-        if on_validation is not None:
-            on_validation(state["step"], metrics)
+        if on_validation is not None:  # e.g. an HPO trial reporting and pruning (it may raise to stop the run)
+            on_validation(state["step"], {**metrics, "train/epoch": progress_epochs})
         return state["bad_evals"] >= t.early_stopping.patience
 
     model.train()

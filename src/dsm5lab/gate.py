@@ -1,0 +1,199 @@
+"""The CI regression gate: workspace metrics against the same files committed at a git revision.
+
+`gate.yaml` names, per metrics file, dotted keys with the better direction and an absolute tolerance.
+The baseline is `git show REV:path`: metrics are committed (`cache: false`), so this is what
+`dvc metrics diff REV` compares.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from dsm5lab.errors import UserError
+
+# file = stem, tolerance signed (-0.002: may drop 0.002): the table fits the CLI's 100 columns uncut.
+HEADER = ("file", "key", "baseline", "current", "delta", "tolerance", "status")
+EPS = 1e-9  # metrics are rounded to 6 decimals: this absorbs float noise only, so unchanged never fails
+MISSING = object()
+EXAMPLE = " like {direction: higher, tolerance: 0.002}"
+
+
+class Tolerance(BaseModel):
+    """How one metric may move: `direction` is the better way, `tolerance` the allowed move the other way."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    direction: Literal["higher", "lower"]
+    tolerance: float = Field(ge=0.0, allow_inf_nan=False)
+
+
+class GateFile(BaseModel):
+    """gate.yaml: metrics file -> dotted key -> tolerance."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    metrics: dict[str, dict[str, Tolerance]] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One gated metric: its baseline (None when the baseline lacks it), current value and verdict."""
+
+    file: str
+    key: str
+    direction: str
+    baseline: float | None
+    current: float
+    tolerance: float
+    status: str  # ok | REGRESSED | new
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """All gated metrics; passed when none regressed."""
+
+    rows: list[Row]
+
+    @property
+    def n_failed(self) -> int:
+        return sum(r.status == "REGRESSED" for r in self.rows)
+
+    @property
+    def passed(self) -> bool:
+        return self.n_failed == 0
+
+
+def load_gate(path: Path) -> GateFile:
+    """Read and validate a gate file; the first problem becomes one UserError line."""
+    if not path.is_file():
+        raise UserError(f"gate file not found: {path} (expected a YAML file with a 'metrics:' mapping)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping with one key, 'metrics', at the top level")
+    try:
+        return GateFile.model_validate(data)
+    except ValidationError as exc:
+        # a misspelt key also shows up as a missing one: report the misspelling
+        err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
+        *loc, last = (path, *err["loc"])
+        kind, got = err["type"], err.get("input")
+        if kind == "extra_forbidden":
+            msg = f"unknown key '{last}' (allowed: {'metrics' if len(loc) == 1 else 'direction, tolerance'})"
+        elif kind == "missing":
+            msg = f"missing key '{last}'"
+        elif kind in ("model_type", "dict_type"):
+            msg = f"{last}: expected a mapping{EXAMPLE if len(loc) == 3 else ''} (got {got!r})"
+        else:
+            msg = f"{last}: {err['msg']} (got {got!r})"
+        raise UserError(f"{': '.join(map(str, loc))}: {msg}") from None
+
+
+def lookup(data: Any, key: str) -> Any:
+    """Follow a dotted key, longest name first (so 'test.macro_f1_at_0.5' works); MISSING if absent."""
+    parts, node, i = key.split("."), data, 0
+    while i < len(parts):
+        names = [".".join(parts[i:j]) for j in range(len(parts), i, -1)]
+        name = next((n for n in names if isinstance(node, dict) and n in node), None)
+        if name is None:
+            return MISSING
+        node, i = node[name], i + name.count(".") + 1
+    return node
+
+
+def _leaf_keys(data: Any, prefix: str = "") -> list[str]:
+    if not isinstance(data, dict):
+        return [prefix]
+    return [k for name, v in data.items() for k in _leaf_keys(v, f"{prefix}.{name}" if prefix else str(name))]
+
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+
+
+def _parse(text: str, source: str) -> dict:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{source}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: expected a JSON object of metrics")
+    return data
+
+
+def verify_rev(root: Path, rev: str) -> None:
+    """Fail with one line unless `root` is in a git repository where `rev` names a commit."""
+    found = _git(root, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    if "not a git repository" in found.stderr:
+        raise UserError(f"{root.resolve()} is not inside a git repository (the baseline is read from git)")
+    if found.returncode != 0:
+        raise UserError(f"unknown git revision '{rev}' (give a commit, branch or tag, e.g. --rev HEAD~1)")
+
+
+def read_metrics(root: Path, file: str, rev: str | None = None) -> dict:
+    """A metrics file as committed at `rev`, or as it is in the workspace when rev is None."""
+    if rev is None:
+        if not (root / file).is_file():
+            raise UserError(f"{file} not found in the workspace (the pipeline writes it: run `dvc repro`)")
+        return _parse((root / file).read_text(encoding="utf-8"), file)
+    shown = _git(root, "show", f"{rev}:./{file}")  # ./ = relative to root, not the repository top
+    if shown.returncode != 0:
+        raise UserError(f"{file} is not committed at revision '{rev}' (commit it or pass another --rev)")
+    return _parse(shown.stdout, f"{file} at {rev}")
+
+
+def _number(value: Any, file: str, key: str, data: dict) -> float:
+    if value is MISSING:
+        keys = _leaf_keys(data)
+        close = difflib.get_close_matches(key, keys, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"keys there: {', '.join(keys)}"
+        raise UserError(f"{file} has no key '{key}' ({hint})")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{file}: '{key}' is not a number (got {value!r})")
+    return float(value)
+
+
+def judge(baseline: float | None, current: float, direction: str, tolerance: float) -> str:
+    """ok, REGRESSED (moved the bad way by more than `tolerance`) or new (no baseline)."""
+    if not math.isfinite(current):
+        return "REGRESSED"
+    if baseline is None or not math.isfinite(baseline):
+        return "new"
+    worse_by = baseline - current if direction == "higher" else current - baseline
+    return "REGRESSED" if worse_by > tolerance + EPS else "ok"
+
+
+def check(root: Path, gate_file: Path, rev: str = "HEAD") -> GateResult:
+    """Compare every metric gate_file names: workspace under `root` vs `git show rev:path`."""
+    gate = load_gate(gate_file if gate_file.is_absolute() else root / gate_file)
+    verify_rev(root, rev)
+    found = []
+    for file, keys in gate.metrics.items():
+        current_data, baseline_data = read_metrics(root, file), read_metrics(root, file, rev)
+        for key, tol in keys.items():
+            current = _number(lookup(current_data, key), file, key, current_data)
+            raw = lookup(baseline_data, key)
+            baseline = None if raw is MISSING else _number(raw, f"{file} at {rev}", key, baseline_data)
+            status = judge(baseline, current, tol.direction, tol.tolerance)
+            found.append(Row(file, key, tol.direction, baseline, current, tol.tolerance, status))
+    return GateResult(found)
+
+
+def rows(result: GateResult) -> list[tuple[str, ...]]:
+    """The result as table rows of strings, in HEADER order."""
+    out = []
+    for r in result.rows:
+        base = "-" if r.baseline is None else f"{r.baseline:.6f}"
+        delta = "-" if r.baseline is None else f"{r.current - r.baseline:+.6f}"
+        allowed = f"{'-' if r.direction == 'higher' else '+'}{r.tolerance:g}"
+        out.append((Path(r.file).stem, r.key, base, f"{r.current:.6f}", delta, allowed, r.status))
+    return out

@@ -1,0 +1,1 @@
+"""Hyperparameter optimisation: search space, study, trials, reports, promote."""

@@ -1,0 +1,155 @@
+"""One Optuna trial = suggest -> the same `fit()` as the train stage -> report and prune.
+
+A trial reports once per validation (or, in cross-validation, once per fold with the aggregate
+so far); the pruner may stop it there. Per-fold metrics, epochs run and why a trial stopped are
+stored as trial user attributes.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from dsm5lab.config import Params
+from dsm5lab.hpo.space import base_values, resolved_values, suggest, trial_params
+from dsm5lab.hpo.storage import WORKER_ATTR, worker_tag
+
+AGGREGATE: dict[str, Callable[[list[float]], float]] = {
+    "mean": statistics.fmean, "median": statistics.median, "min": min, "max": max,
+}
+
+
+@dataclass
+class StudyContext:
+    params: Params  # the study's params: params.yaml as the study was created with it
+    root: Path
+    study_name: str
+    parent_run_id: str | None  # MLflow run of the study; trials nest under it
+
+
+def fold_plan(params: Params, prepared: Path) -> list[tuple[str, list[str] | None, list[str] | None]]:
+    """(name, train ids, val ids) per fit: the prepare split, or the first hpo.cv.folds folds."""
+    if not params.hpo.cv.enabled:
+        return [("split", None, None)]
+    from dsm5lab.data.schema import read_table
+    from dsm5lab.errors import UserError
+
+    posts = read_table(prepared, "posts")
+    pool = posts[posts["fold"] >= 0]
+    k = int(pool["fold"].max()) + 1 if len(pool) else 0
+    n = params.hpo.cv.folds or k
+    if k < 2 or n > k:
+        raise UserError(f"hpo.cv.folds: {n} folds asked, prepare made {k} (set prepare.n_folds >= {max(n, 2)})")
+    plan = []
+    for f in range(n):
+        val = pool.loc[pool["fold"] == f, "post_id"].tolist()
+        train = pool.loc[pool["fold"] != f, "post_id"].tolist()
+        plan.append((f"fold-{f}", train, val))
+    return plan
+
+
+class Reporter:
+    """fit()'s on_validation hook: report the metric, prune, and stop at the per-trial deadline."""
+
+    def __init__(self, trial, metric: str, report: bool, deadline: float | None, offset: int = 0):
+        self.trial, self.metric, self.report, self.deadline = trial, metric, report, deadline
+        self.n, self.offset, self.epochs = 0, offset, 0.0
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        import optuna
+
+        self.epochs = metrics.get("train/epoch", self.epochs)
+        if self.report:
+            self.trial.report(metrics[self.metric], self.offset + self.n)
+        self.n += 1
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.trial.set_user_attr("stop_reason", "trial_timeout")
+            raise optuna.TrialPruned(f"per-trial timeout after {self.n} reports")
+        if self.report and self.trial.should_prune():
+            self.trial.set_user_attr("stop_reason", "pruned")
+            raise optuna.TrialPruned(f"pruned at report {self.offset + self.n - 1}")
+
+
+def objective_values(result, objectives) -> list[float]:
+    """The trial's score(s) from a finished fit: the best checkpoint's validation metrics, or a cost."""
+    out = []
+    for o in objectives:
+        if o.metric == "model/n_parameters":
+            out.append(float(result.n_parameters))
+        elif o.metric == "train/seconds":
+            out.append(float(result.throughput["train_seconds"]))
+        else:
+            out.append(float(result.best.get(o.metric, float("nan"))))
+    return out
+
+
+def run_trial(trial, ctx: StudyContext) -> float | list[float]:
+    """The Optuna objective."""
+    import optuna
+
+    from dsm5lab.tracking import PARENT_TAG, Tracker, TrackingSettings
+    from dsm5lab.training.loop import RunPaths, fit
+
+    hpo = ctx.params.hpo
+    started = time.monotonic()
+    trial.set_user_attr(WORKER_ATTR, worker_tag())
+    trial.set_user_attr("stop_reason", None)  # a retried trial inherits its failed copy's attributes
+    values = resolved_values(ctx.params, suggest(trial, hpo.search_space, base_values(ctx.params)))
+    tp = trial_params(ctx.params, values)
+    trial.set_user_attr("values", values)
+    prepared = ctx.root / "stages/prepare"
+    plan = fold_plan(tp, prepared)
+    trial.set_user_attr("epochs_planned", tp.train.epochs * len(plan))
+    run_dir = ctx.root / tp.train.checkpoint.dir / "hpo" / ctx.study_name / f"trial-{trial.number:04d}"
+    tags = {"optuna.study": ctx.study_name, "optuna.trial": str(trial.number)}
+    if ctx.parent_run_id:
+        tags[PARENT_TAG] = ctx.parent_run_id
+    settings = TrackingSettings(mlflow_uri=tp.tracking.mlflow_uri, experiment=tp.tracking.experiment,
+                                run_name=f"{ctx.study_name}/trial-{trial.number}", live_dir=None,
+                                run_dir=run_dir, tags=tags)
+    deadline = started + hpo.trial_timeout_s if hpo.trial_timeout_s else None
+    cv, metric = hpo.cv.enabled, hpo.objectives[0].metric
+    report = not hpo.multi_objective
+    folds: list[dict[str, Any]] = []
+    epochs_run, stopped = 0.0, None
+    with Tracker(settings) as tracker:
+        tracker.log_params({**values, "optuna.trial": trial.number})
+        for k, (name, train_ids, val_ids) in enumerate(plan):
+            reporter = Reporter(trial, metric, report=report and not cv, deadline=deadline)
+            child = tracker.child(f"{settings.run_name}/{name}") if cv else None
+            paths = RunPaths(prepared=prepared, model_out=None, live_dir=None,
+                             checkpoints=run_dir / name if cv else run_dir)
+            try:
+                if child is None:
+                    result = fit(tp, paths, tracker, train_ids=train_ids, val_ids=val_ids, on_validation=reporter)
+                else:
+                    with child:
+                        result = fit(tp, paths, child, train_ids=train_ids, val_ids=val_ids, on_validation=reporter)
+            except optuna.TrialPruned as exc:
+                epochs_run += reporter.epochs
+                stopped = exc
+                break
+            epochs_run += reporter.epochs
+            scores = objective_values(result, hpo.objectives)
+            folds.append({"fold": name, "values": scores, "best": result.best, "epochs_run": result.epochs_run})
+            if cv:
+                trial.set_user_attr("fold_metrics", folds)
+                if report:
+                    trial.report(AGGREGATE[hpo.cv.aggregate]([f["values"][0] for f in folds]), k)
+                    if k + 1 < len(plan) and trial.should_prune():
+                        trial.set_user_attr("stop_reason", "pruned")
+                        stopped = optuna.TrialPruned(f"pruned after fold {k}")
+                        break
+        seconds = time.monotonic() - started
+        trial.set_user_attr("seconds", round(seconds, 3))
+        trial.set_user_attr("epochs_run", round(epochs_run, 4))
+        tracker.log_summary({"trial/pruned": float(stopped is not None), "trial/epochs_run": epochs_run})
+        if stopped is None:
+            final = [AGGREGATE[hpo.cv.aggregate]([f["values"][i] for f in folds]) for i in range(len(hpo.objectives))]
+            tracker.log_summary({f"objective/{o.metric}": v for o, v in zip(hpo.objectives, final)})
+    if stopped is not None:
+        raise stopped
+    return final if hpo.multi_objective else final[0]

@@ -1,0 +1,132 @@
+"""From a search space to a trial's params: conditional sampling, batch-to-accumulation, study fingerprint."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from dsm5lab.config import Params, validate
+from dsm5lab.errors import UserError
+from dsm5lab.hpo.schema import Dist, get_path, set_path
+
+# Keys that change how a trial runs, not what it learns: left out of the study fingerprint.
+OPERATIONAL = ("train.checkpoint", "train.threads", "train.num_workers", "train.log_every_steps",
+               "train.eval_batch_size", "train.batch_probe")
+
+
+class InvalidTrialParams(UserError):
+    """A sampled combination that the params schema rejects; the trial fails and the study goes on."""
+
+
+def active(dist: Dist, chosen: dict[str, Any], base: dict[str, Any]) -> bool:
+    """True when every `when` condition holds for the values sampled so far (else the base params)."""
+    for key, allowed in (dist.when or {}).items():
+        value = chosen[key] if key in chosen else get_path(base, key)
+        if value not in allowed:
+            return False
+    return True
+
+
+def suggest(trial, space: dict[str, Dist], base: dict[str, Any]) -> dict[str, Any]:
+    """Ask the trial for each parameter whose conditions hold, in the order of the space."""
+    chosen: dict[str, Any] = {}
+    for key, dist in space.items():
+        if not active(dist, chosen, base):
+            continue
+        if dist.type == "categorical":
+            chosen[key] = trial.suggest_categorical(key, dist.choices)
+        elif dist.type == "int":
+            chosen[key] = trial.suggest_int(key, int(dist.low), int(dist.high), step=int(dist.step or 1), log=dist.log)
+        else:
+            chosen[key] = trial.suggest_float(key, dist.low, dist.high, step=dist.step, log=dist.log)
+    return chosen
+
+
+def resolved_values(params: Params, chosen: dict[str, Any]) -> dict[str, Any]:
+    """The params.yaml values a trial trains with: a batch above hpo.max_micro_batch becomes accumulation."""
+    values = dict(chosen)
+    limit = params.hpo.max_micro_batch
+    batch = values.get("train.batch_size")
+    if limit is not None and batch is not None and batch > limit:
+        values["train.batch_size"] = limit
+        values["train.grad_accum_steps"] = math.ceil(batch / limit)
+    return values
+
+
+def trial_params(params: Params, values: dict[str, Any]) -> Params:
+    """params with the study's trial_overrides, then the trial's values, applied and validated."""
+    raw = params.model_dump()
+    for key, value in {**params.hpo.trial_overrides, **values}.items():
+        set_path(raw, key, value)
+    try:
+        return validate(raw, source="trial params")
+    except UserError as exc:
+        raise InvalidTrialParams(str(exc)) from None
+
+
+def data_hash(prepared: Path) -> str:
+    """sha256 over the prepared tables (names and bytes): trials on different data are not comparable."""
+    h = hashlib.sha256()
+    prepared = Path(prepared)
+    files = sorted(p for p in prepared.iterdir() if p.is_file() and p.suffix in (".parquet", ".json")) \
+        if prepared.is_dir() else []
+    if not files:
+        raise UserError(f"{prepared}: no prepared tables; run `dsm5lab prepare` (or `dvc repro prepare`) first")
+    for path in files:
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def fingerprint(params: Params, data: str) -> str:
+    """What defines a study's objective: data, seed, the non-searched model/train values, space and objectives.
+
+    Searched keys are left out (every trial sets them), so `hpo promote` does not start a new study.
+    """
+    hpo = params.hpo
+    base = params.model_dump(include={"seed", "model", "train"})
+    derived = ("train.grad_accum_steps",) if "train.batch_size" in hpo.search_space else ()
+    for key in (*hpo.search_space, *OPERATIONAL, *derived):
+        _drop(base, key)
+    what = {
+        "data": data, "base": base, "trial_overrides": hpo.trial_overrides,
+        "space": {k: v.model_dump() for k, v in hpo.search_space.items()},
+        "objectives": [o.model_dump() for o in hpo.objectives], "cv": hpo.cv.model_dump(),
+        "max_micro_batch": hpo.max_micro_batch,
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _drop(raw: dict[str, Any], key: str) -> None:
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        node = node.get(part, {})
+    node.pop(leaf, None)
+
+
+def study_name(params: Params, fp: str) -> str:
+    return f"{params.hpo.study_name}-{fp[:8]}"
+
+
+def nested(values: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys to the nested params.yaml form."""
+    out: dict[str, Any] = {}
+    for key, value in sorted(values.items()):
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def base_values(params: Params) -> dict[str, Any]:
+    """model and train values every trial starts from: params.yaml plus hpo.trial_overrides."""
+    raw = copy.deepcopy(params.model_dump(include={"model", "train"}))
+    for key, value in params.hpo.trial_overrides.items():
+        set_path(raw, key, value)
+    return raw

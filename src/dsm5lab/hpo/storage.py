@@ -1,0 +1,139 @@
+"""Optuna storages by URL, and failing (then retrying) trials whose worker died.
+
+- `sqlite:///...` (default, one worker), any other SQLAlchemy URL (PostgreSQL for many machines):
+  RDBStorage with heartbeats, so a trial silent past the grace period is failed by the next worker.
+- `journal:<file>`: JournalStorage for several processes on one machine; it has no heartbeat, so
+  each worker, when it starts, sweeps RUNNING trials whose worker process (same host, pid and start
+  time) is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from dsm5lab.errors import UserError
+
+DEFAULT_STORAGE = "sqlite:///stages/hpo/storage/study.db"
+JOURNAL = "journal:"
+WORKER_ATTR = "worker"
+
+
+def resolve(url: str | None) -> str:
+    return url or DEFAULT_STORAGE
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and reports."""
+    if url.startswith(JOURNAL):
+        return url
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a URL SQLAlchemy cannot parse is reported by open_storage
+        return url
+
+
+def open_storage(url: str, stale) -> Any:
+    """An Optuna storage for `url`; `stale` is the hpo.stale config (heartbeat, grace, retries)."""
+    from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    quiet_optuna()
+
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=stale.max_retry) if stale.max_retry else None
+    if url.startswith(JOURNAL):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url[len(JOURNAL):])
+        if not path.name:
+            raise UserError(f"hpo.storage: '{url}' names no file (expected journal:<path>, e.g. journal:stages/hpo/journal.log)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if is_sqlite(url):
+        db = url.split("///", 1)[-1].split("?", 1)[0]
+        if db and db != ":memory:":
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return RDBStorage(url, heartbeat_interval=stale.heartbeat_interval_s, grace_period=stale.grace_period_s,
+                          heartbeat_stale_trial_callback=retry, engine_kwargs=_engine_kwargs(url))
+    except ImportError as exc:
+        raise UserError(f"hpo.storage: the driver for {redact(url)} is not installed ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy's connection/URL errors
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"hpo.storage: cannot open {redact(url)}: {first}") from None
+
+
+def quiet_optuna() -> None:
+    """Our own one line per trial replaces Optuna's INFO logs; heartbeat and retry are stable enough for us."""
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def _engine_kwargs(url: str) -> dict:
+    if is_sqlite(url):  # a second connection waits for the lock instead of failing at once
+        return {"connect_args": {"timeout": 60}}
+    return {"pool_pre_ping": True}
+
+
+def worker_tag() -> dict:
+    """Who runs a trial: host, pid and the process start time (so a reused pid is not mistaken for it)."""
+    import psutil
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": psutil.Process().create_time()}
+
+
+def _dead(tag: dict | None) -> bool:
+    import psutil
+
+    if not isinstance(tag, dict) or tag.get("host") != socket.gethostname():
+        return False  # another machine's worker: the heartbeat (RDB) decides
+    try:
+        return abs(psutil.Process(int(tag["pid"])).create_time() - float(tag["started"])) > 1e-3
+    except (psutil.NoSuchProcess, psutil.AccessDenied, KeyError, ValueError):
+        return True
+
+
+def sweep_stale(study, max_retry: int, single_worker: bool) -> list[int]:
+    """Fail RUNNING trials whose worker is gone and re-enqueue their params (up to max_retry times).
+
+    `single_worker` (SQLite): every RUNNING trial is stale, tagged or not, since no other worker may run.
+    Returns the numbers of the trials failed.
+    """
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.trial import TrialState
+
+    failed = []
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry) if max_retry else None
+    storage = study._storage
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        tag = trial.user_attrs.get(WORKER_ATTR)
+        if not (single_worker or _dead(tag)):
+            continue
+        storage.set_trial_user_attr(trial._trial_id, "stop_reason", "worker died")
+        if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+            failed.append(trial.number)
+            if retry is not None:
+                retry(study, storage.get_trial(trial._trial_id))
+    return failed
+
+
+def finished_count(study) -> int:
+    """Trials that count towards n_trials: complete, pruned, and failed ones that were not re-enqueued."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    # RetryHeartbeatStaleTrialCallback lists every failed attempt in its copy's system attr retry_history
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return sum(1 for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+               or (t.state == TrialState.FAIL and t.number not in retried))

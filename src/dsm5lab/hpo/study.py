@@ -1,0 +1,238 @@
+"""The `hpo` stage and `hpo worker`: create or resume a study, run trials until it has n_trials, report.
+
+The study name carries a fingerprint of what defines its objective (hpo.space.fingerprint), so
+re-running the stage with the same data and params resumes the same study, and a changed space
+or base config starts a new one in the same storage. The study stores the params it was created
+with; a worker on another machine runs trials from those, not from its own params.yaml.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from dsm5lab.config import Params, validate
+from dsm5lab.errors import UserError
+from dsm5lab.hpo import storage as st
+from dsm5lab.hpo.objective import StudyContext, run_trial
+from dsm5lab.hpo.schema import sqlite_workers_message
+from dsm5lab.hpo.space import InvalidTrialParams, data_hash, fingerprint, study_name
+
+PREPARED = Path("stages/prepare")
+PARAMS_ATTR, FP_ATTR, DATA_ATTR, PARENT_ATTR = "dsm5lab:params", "dsm5lab:fingerprint", "dsm5lab:data", "dsm5lab:mlflow_run"
+
+Echo = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def make_sampler(params: Params, seed: int):
+    import optuna
+
+    s = params.hpo.sampler
+    if s.type == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials, multivariate=True)
+    if s.type == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s.type == "cmaes":  # CMA-ES handles float/int; categorical params fall back to independent sampling
+        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=s.n_startup_trials,
+                                            warn_independent_sampling=False)
+    return optuna.samplers.NSGAIISampler(seed=seed)
+
+
+def make_pruner(params: Params):
+    import optuna
+
+    p = params.hpo.pruner
+    if p.type == "median":
+        inner = optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+    elif p.type == "hyperband":
+        # resource = reports: one per epoch (or one per fold in cross-validation)
+        units = (params.hpo.cv.folds or params.prepare.n_folds) if params.hpo.cv.enabled else _trial_epochs(params)
+        inner = optuna.pruners.HyperbandPruner(min_resource=p.min_resource, max_resource=max(units, p.min_resource),
+                                               reduction_factor=p.reduction_factor)
+    else:
+        inner = None
+    if p.patience is not None:  # PatientPruner is marked experimental; its interface is one call here
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        return optuna.pruners.PatientPruner(inner, patience=p.patience, min_delta=p.min_delta)
+    return inner or optuna.pruners.NopPruner()
+
+
+def _trial_epochs(params: Params) -> int:
+    space = params.hpo.search_space.get("train.epochs")
+    if space is not None:
+        return int(space.high)
+    return int(params.hpo.trial_overrides.get("train.epochs", params.train.epochs))
+
+
+def _check_objectives(params: Params) -> None:
+    from dsm5lab.training.loop import VAL_METRICS
+
+    task_dist = params.hpo.search_space.get("train.task")
+    tasks = task_dist.choices if task_dist is not None else [params.hpo.trial_overrides.get("train.task", params.train.task)]
+    for o in params.hpo.objectives:
+        for task in tasks:
+            if o.metric.startswith("val/") and o.metric not in VAL_METRICS[task]:
+                raise UserError(f"hpo.objectives: {o.metric} is not computed for task {task!r} "
+                                f"(allowed: {', '.join(VAL_METRICS[task])}, model/n_parameters, train/seconds)")
+
+
+def storage_url(params: Params, root: Path) -> str:
+    """hpo.storage with a relative SQLite or journal path made absolute under root."""
+    url = st.resolve(params.hpo.storage)
+    for prefix in ("sqlite:///", st.JOURNAL):
+        rest = url[len(prefix):] if url.startswith(prefix) else None
+        if rest and not rest.startswith("/") and not rest.startswith(":memory:"):
+            return f"{prefix}{(Path(root) / rest).resolve()}"
+    return url
+
+
+def optimize(study, ctx: StudyContext, echo: Echo = _quiet) -> None:
+    """Run trials in this process until the study has hpo.n_trials finished ones (or the timeout)."""
+    import optuna
+
+    from dsm5lab.training.loop import DivergedError
+
+    hpo = ctx.params.hpo
+    if st.finished_count(study) >= hpo.n_trials:
+        echo(f"hpo: study {ctx.study_name} already has {hpo.n_trials} finished trials")
+        return
+
+    def after_trial(study, trial) -> None:
+        value = trial.values if trial.values is None or len(trial.values) > 1 else trial.values[0]
+        step = max(trial.intermediate_values) if trial.intermediate_values else None
+        extra = f" at report {step}" if trial.state == optuna.trial.TrialState.PRUNED else ""
+        echo(f"hpo: trial {trial.number} {trial.state.name}{extra} value={value} params={trial.params}")
+        if st.finished_count(study) >= hpo.n_trials:
+            study.stop()
+
+    study.optimize(lambda trial: run_trial(trial, ctx), n_trials=None, timeout=hpo.timeout_s,
+                   callbacks=[after_trial], catch=(DivergedError, InvalidTrialParams), gc_after_trial=True)
+
+
+def _study(storage, name: str, params: Params, seed: int, create: bool):
+    import optuna
+
+    directions = [o.direction for o in params.hpo.objectives]
+    kwargs = dict(storage=storage, study_name=name, sampler=make_sampler(params, seed), pruner=make_pruner(params))
+    if create:
+        return optuna.create_study(directions=directions, load_if_exists=True, **kwargs)
+    try:
+        return optuna.load_study(**kwargs)
+    except KeyError:
+        names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
+        raise UserError(f"--study: no study {name!r} in this storage (studies there: {names})") from None
+
+
+def run(params: Params, root: Path = Path("."), echo: Echo = _quiet) -> dict:
+    """The `hpo` stage: resume or create the study, run it with hpo.workers processes, write the outputs."""
+    from dsm5lab.hpo import report
+    from dsm5lab.tracking import Tracker, TrackingSettings
+
+    root = Path(root)
+    _check_objectives(params)
+    url = storage_url(params, root)
+    data = data_hash(root / PREPARED)
+    fp = fingerprint(params, data)
+    name = study_name(params, fp)
+    storage = st.open_storage(url, params.hpo.stale)
+    study = _study(storage, name, params, params.seed, create=True)
+    if PARAMS_ATTR not in study.user_attrs:
+        study.set_user_attr(PARAMS_ATTR, params.model_dump(mode="json"))
+        study.set_user_attr(FP_ATTR, fp)
+        study.set_user_attr(DATA_ATTR, data)
+    swept = st.sweep_stale(study, params.hpo.stale.max_retry, single_worker=st.is_sqlite(url))
+    if swept:
+        echo(f"hpo: failed stale trial(s) {swept} left RUNNING by a dead worker")
+    echo(f"hpo: study {name} in {st.redact(url)}")
+    run_dir = root / params.train.checkpoint.dir / "hpo" / name
+    settings = TrackingSettings(mlflow_uri=params.tracking.mlflow_uri, experiment=params.tracking.experiment,
+                                run_name=f"hpo/{name}", live_dir=None, run_dir=run_dir, resume=True,
+                                tags={"optuna.study": name})
+    started = time.monotonic()
+    with Tracker(settings) as tracker:
+        if tracker.mlflow_run_id:
+            study.set_user_attr(PARENT_ATTR, tracker.mlflow_run_id)
+        ctx = StudyContext(params, root, name, tracker.mlflow_run_id)
+        procs = [_spawn_worker(url, name, root) for _ in range(params.hpo.workers - 1)]
+        try:
+            optimize(study, ctx, echo)
+        finally:
+            codes = _join(procs, kill=sys.exc_info()[0] is not None)
+        if any(codes):
+            raise UserError(f"hpo: {sum(1 for c in codes if c)} of {len(codes)} extra worker(s) failed "
+                            f"(exit codes {codes}); see their output above")
+        # reports name the storage as configured (relative paths stay relative: outputs do not depend on the clone)
+        outcome = report.write_all(study, params, root, st.resolve(params.hpo.storage), time.monotonic() - started)
+        tracker.log_summary({f"hpo/{k}": v for k, v in outcome.items() if isinstance(v, (int, float))})
+        tracker.log_artifacts(root / report.REPORTS, "hpo")
+    return outcome
+
+
+def worker(url: str, name: str, root: Path = Path("."), echo: Echo = _quiet) -> int:
+    """Join an existing study (another process or machine) and run trials until it has n_trials."""
+    from dsm5lab.hpo.schema import StaleConfig
+
+    root = Path(root)
+    if st.is_sqlite(url):
+        raise UserError(f"--storage: {sqlite_workers_message('several')}")
+    probe = st.open_storage(url, StaleConfig(heartbeat_interval_s=60, grace_period_s=120, max_retry=0))
+    import optuna
+
+    try:
+        attrs = optuna.load_study(study_name=name, storage=probe).user_attrs
+    except KeyError:
+        names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(probe)) or "none"
+        raise UserError(f"--study: no study {name!r} in {st.redact(url)} (studies there: {names})") from None
+    if PARAMS_ATTR not in attrs:
+        raise UserError(f"--study: {name!r} was not created by `dsm5lab hpo run` (no stored params)")
+    params = validate(attrs[PARAMS_ATTR], source=f"study {name} params")
+    local = data_hash(root / PREPARED)
+    if local != attrs.get(DATA_ATTR):
+        raise UserError(f"{root / PREPARED}: differs from the data study {name} was created on; check out the "
+                        "same commit and `dvc pull` / `dvc repro prepare` before joining")
+    storage = st.open_storage(url, params.hpo.stale)
+    # every worker needs its own sampler seed, or parallel workers propose the same random trials
+    study = _study(storage, name, params, params.seed + os.getpid(), create=False)
+    swept = st.sweep_stale(study, params.hpo.stale.max_retry, single_worker=False)
+    if swept:
+        echo(f"hpo: failed stale trial(s) {swept} left RUNNING by a dead worker")
+    before = st.finished_count(study)
+    optimize(study, StudyContext(params, root, name, attrs.get(PARENT_ATTR)), echo)
+    return st.finished_count(study) - before
+
+
+def _spawn_worker(url: str, name: str, root: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "dsm5lab.cli", "hpo", "worker", "--storage", url, "--study", name]
+    return subprocess.Popen(cmd, cwd=root)
+
+
+def _join(procs: list[subprocess.Popen], kill: bool) -> list[int]:
+    for p in procs:
+        if kill:
+            p.terminate()
+    return [p.wait() for p in procs]
+
+
+def load_from_storage(url: str, name: str):
+    """A study and its stored params, for `hpo export` and reports."""
+    import optuna
+
+    from dsm5lab.hpo.schema import StaleConfig
+
+    storage = st.open_storage(url, StaleConfig(heartbeat_interval_s=60, grace_period_s=120, max_retry=0))
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
+        raise UserError(f"--study: no study {name!r} in {st.redact(url)} (studies there: {names})") from None
+    raw = study.user_attrs.get(PARAMS_ATTR)
+    return study, (validate(raw, source=f"study {name} params") if raw else None)

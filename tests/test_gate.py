@@ -1,0 +1,169 @@
+"""`dsm5lab gate`: workspace metrics against a committed baseline, in a tiny git repo built per test."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dsm5lab import gate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+GATE = """\
+metrics:
+  metrics/train.json:
+    val.macro_f1: {direction: higher, tolerance: 0.002}
+  metrics/evaluate.json:
+    test.macro_f1_at_0.5: {direction: higher, tolerance: 0.01}
+    test.loss: {direction: lower, tolerance: 0.01}
+"""
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def write_metrics(root: Path, f1: float = 0.70, f1_at_half: float = 0.65, loss: float = 0.50) -> None:
+    (root / "metrics").mkdir(exist_ok=True)
+    (root / "metrics/train.json").write_text(json.dumps({"val": {"macro_f1": f1}, "steps": 100}))
+    evaluate = {"test": {"macro_f1_at_0.5": f1_at_half, "loss": loss}}
+    (root / "metrics/evaluate.json").write_text(json.dumps(evaluate))
+
+
+def commit(root: Path, message: str) -> str:
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", message)
+    return git(root, "rev-parse", "HEAD")
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    """A git repo (the cwd) with gate.yaml and both metrics files committed; user git config ignored."""
+    for var, value in {
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }.items():
+        monkeypatch.setenv(var, value)
+    git(tmp_path, "init", "-q")
+    (tmp_path / "gate.yaml").write_text(GATE)
+    write_metrics(tmp_path)
+    commit(tmp_path, "baseline")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_unchanged_passes(repo, cli):
+    result = cli("gate")
+    assert result.exit_code == 0, result.output
+    assert "gate: passed" in result.stdout
+    assert "val.macro_f1" in result.stdout and "REGRESSED" not in result.stdout
+
+
+def test_drop_beyond_tolerance_fails_and_names_the_metric(repo, cli):
+    write_metrics(repo, f1=0.75)
+    commit(repo, "a better baseline")
+    write_metrics(repo, f1=0.70)  # the workspace keeps the lower value
+    result = cli("gate")
+    assert result.exit_code == 1, result.output
+    line = next(line for line in result.stdout.splitlines() if "val.macro_f1" in line)
+    assert "REGRESSED" in line and "-0.050000" in line
+    assert "1 metric(s) regressed" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("current", "passes"),
+    [
+        ({"f1": 0.699}, True),  # dropped 0.001, tolerance 0.002
+        ({"f1": 0.698}, True),  # dropped exactly the tolerance: not more than it
+        ({"f1": 0.6979}, False),
+        ({"f1": 0.90}, True),  # improved
+        ({"loss": 0.505}, True),  # lower is better: rose 0.005, tolerance 0.01
+        ({"loss": 0.52}, False),
+        ({"loss": 0.10}, True),
+        ({"f1_at_half": 0.60}, False),  # a key with a dot in its name ('macro_f1_at_0.5')
+    ],
+)
+def test_tolerance_and_direction(repo, cli, current, passes):
+    write_metrics(repo, **current)
+    result = cli("gate")
+    assert result.exit_code == (0 if passes else 1), result.output
+
+
+def test_rev_picks_an_earlier_commit(repo, cli):
+    first = git(repo, "rev-parse", "HEAD")
+    write_metrics(repo, f1=0.60)
+    commit(repo, "a regression got committed")
+    assert cli("gate").exit_code == 0  # HEAD already holds 0.60
+    result = cli("gate", "--rev", first)
+    assert result.exit_code == 1 and "REGRESSED" in result.stdout
+    assert cli("gate", "--rev", "HEAD~1").exit_code == 1
+
+
+def test_key_missing_from_baseline_is_new_and_passes(repo):
+    (repo / "gate.yaml").write_text(GATE + "    test.extra: {direction: higher, tolerance: 0}\n")
+    data = json.loads((repo / "metrics/evaluate.json").read_text())
+    data["test"]["extra"] = 0.3
+    (repo / "metrics/evaluate.json").write_text(json.dumps(data))
+    result = gate.check(repo, Path("gate.yaml"), "HEAD")
+    assert result.passed and [r.status for r in result.rows][-1] == "new"
+
+
+@pytest.mark.parametrize(
+    ("gate_text", "args", "expected"),
+    [
+        (None, ("--gate-file", "nope.yaml"), "gate file not found: nope.yaml"),
+        ("metrics: [unclosed\n", (), "gate.yaml: not valid YAML"),
+        ("metric: {}\n", (), "unknown key 'metric' (allowed: metrics)"),
+        (GATE.replace("tolerance: 0.002", "tolerence: 0.002"), (), "val.macro_f1: unknown key 'tolerence'"),
+        (
+            GATE.replace("higher, tolerance: 0.002", "up, tolerance: 0.002"),
+            (),
+            "direction: Input should be 'higher' or 'lower' (got 'up')",
+        ),
+        (GATE.replace("0.002", "-0.1"), (), "tolerance: Input should be greater than or equal to 0"),
+        (GATE, ("--rev", "no-such-branch"), "unknown git revision 'no-such-branch'"),
+        (
+            GATE.replace("val.macro_f1", "val.macro_f2"),
+            (),
+            "metrics/train.json has no key 'val.macro_f2' (did you mean 'val.macro_f1'?)",
+        ),
+        (
+            GATE.replace("metrics/train.json", "metrics/other.json"),
+            (),
+            "metrics/other.json not found in the workspace",
+        ),
+    ],
+)
+def test_user_errors_are_one_line(repo, cli, gate_text, args, expected):
+    if gate_text is not None:
+        (repo / "gate.yaml").write_text(gate_text)
+    result = cli("gate", *args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+
+
+def test_metrics_file_not_committed_at_rev(repo, cli):
+    (repo / "metrics/new.json").write_text('{"x": 1}')
+    (repo / "gate.yaml").write_text(GATE + "  metrics/new.json:\n    x: {direction: higher, tolerance: 0}\n")
+    result = cli("gate")
+    assert result.exit_code == 2
+    assert "error: metrics/new.json is not committed at revision 'HEAD'" in result.stderr
+
+
+def test_shipped_gate_file_matches_committed_metrics():
+    """The repo's gate.yaml is valid and every key it names exists, as a number, in the committed metrics."""
+    spec = gate.load_gate(ROOT / "gate.yaml")
+    assert spec.metrics
+    for file, keys in spec.metrics.items():
+        data = json.loads(git(ROOT, "show", f"HEAD:./{file}"))
+        for key in keys:
+            value = gate.lookup(data, key)
+            assert isinstance(value, float), f"{file}: {key} -> {value!r}"

@@ -1,0 +1,293 @@
+"""HPO: the search-space schema, conditional sampling, pruning, the stage's outputs, resume and promote."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import optuna
+import pytest
+import yaml
+
+from conftest import default_params
+from dsm5lab.config import validate
+from dsm5lab.errors import UserError
+from dsm5lab.hpo.objective import Reporter
+from dsm5lab.hpo.space import fingerprint, resolved_values, suggest
+from dsm5lab.hpo.study import make_pruner
+from hpo_helpers import load_study, make_project, tiny_params
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def params_with(**hpo):
+    raw = default_params()
+    raw["hpo"] = {**raw["hpo"], **hpo}
+    return validate(raw)
+
+
+# --- schema --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("space, fragment", [
+    ({"data.seed": {"type": "int", "low": 1, "high": 3}}, "cannot be searched"),
+    ({"train.learning_rat": {"type": "float", "low": 0.1, "high": 0.2}}, "'train.learning_rat' is not a key"),
+    ({"train.early_stopping": {"type": "categorical", "choices": [1]}}, "is a section"),
+    ({"model.pooling": {"type": "categorical", "choices": ["cls", "max"]}}, "value 'max' is not valid for model.pooling"),
+    ({"train.learning_rate": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}, "'log' needs low > 0"),
+    ({"train.epochs": {"type": "int", "low": 1.5, "high": 3}}, "whole-number"),
+    ({"train.loss": {"type": "categorical", "choices": ["bce"], "low": 1}}, "choices' only"),
+    ({"train.focal_gamma": {"type": "float", "low": 1, "high": 2, "when": {"train.nope": ["x"]}}}, "not a key"),
+])
+def test_bad_search_space_is_one_clear_error(space, fragment):
+    with pytest.raises(UserError) as err:
+        params_with(spaces={"default": space}, space="default")
+    assert fragment in str(err.value)
+    assert len(str(err.value).splitlines()) == 1
+
+
+def test_sqlite_with_several_workers_is_refused_naming_the_alternatives():
+    with pytest.raises(UserError) as err:
+        params_with(workers=2)
+    text = str(err.value)
+    assert "SQLite" in text and "journal:" in text and "postgresql://" in text
+
+
+def test_several_objectives_need_pruner_none():
+    objectives = [{"metric": "val/macro_f1", "direction": "maximize"},
+                  {"metric": "model/n_parameters", "direction": "minimize"}]
+    with pytest.raises(UserError, match="pruner.type: none"):
+        params_with(objectives=objectives)
+    assert params_with(objectives=objectives, pruner={**default_params()["hpo"]["pruner"], "type": "none"})
+
+
+def test_the_shipped_full_space_is_broad_and_valid():
+    params = params_with(space="full")
+    assert len(params.hpo.search_space) >= 10
+
+
+# --- sampling ------------------------------------------------------------------------------------
+
+def test_conditional_params_are_sampled_only_when_their_condition_holds():
+    params = params_with(space="full")
+    base = params.model_dump(include={"model", "train"})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = {"focal": 0, "other": 0}
+    for _ in range(60):
+        trial = study.ask()
+        chosen = suggest(trial, params.hpo.search_space, base)
+        focal = chosen["train.loss"] in ("focal", "hybrid")
+        seen["focal" if focal else "other"] += 1
+        assert ("train.focal_gamma" in chosen) == focal, chosen
+        assert ("train.focal_alpha" in chosen) == focal, chosen
+        assert ("train.hybrid_weight" in chosen) == (chosen["train.loss"] == "hybrid"), chosen
+        assert ("model.hidden_dim" in chosen) == (chosen["model.criteria_head"] != "linear"), chosen
+        assert set(trial.params) == set(chosen)  # nothing inactive reaches the study either
+        study.tell(trial, 0.0)
+    assert seen["focal"] and seen["other"]
+
+
+def test_a_batch_above_max_micro_batch_becomes_accumulation():
+    params = params_with(max_micro_batch=16)
+    assert resolved_values(params, {"train.batch_size": 64}) == {"train.batch_size": 16, "train.grad_accum_steps": 4}
+    assert resolved_values(params, {"train.batch_size": 8}) == {"train.batch_size": 8}
+
+
+def test_fingerprint_ignores_searched_values_but_not_the_rest():
+    raw = default_params()
+    base = fingerprint(validate(raw), "data")
+    promoted = copy.deepcopy(raw)
+    promoted["train"]["learning_rate"] = 0.0042  # searched: promote must not start a new study
+    assert fingerprint(validate(promoted), "data") == base
+    changed = copy.deepcopy(raw)
+    changed["train"]["weight_decay"] = 0.5
+    assert fingerprint(validate(changed), "data") != base
+    assert fingerprint(validate(raw), "other data") != base
+
+
+# --- pruning -------------------------------------------------------------------------------------
+
+def test_median_pruner_prunes_a_clearly_worse_trial():
+    params = params_with(pruner={**default_params()["hpo"]["pruner"], "type": "median", "n_startup_trials": 2,
+                                 "n_warmup_steps": 1})
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(params))
+    for good in ([0.50, 0.60, 0.70], [0.55, 0.65, 0.72]):
+        trial = study.ask()
+        reporter = Reporter(trial, "val/macro_f1", report=True, deadline=None)
+        for v in good:
+            reporter(0, {"val/macro_f1": v})
+        study.tell(trial, good[-1])
+    bad = study.ask()
+    reporter = Reporter(bad, "val/macro_f1", report=True, deadline=None)
+    reporter(0, {"val/macro_f1": 0.05, "train/epoch": 1.0})  # warm-up report: not prunable yet
+    with pytest.raises(optuna.TrialPruned):
+        reporter(0, {"val/macro_f1": 0.06, "train/epoch": 2.0})
+    assert bad.user_attrs["stop_reason"] == "pruned" and reporter.epochs == 2.0
+    ok = study.ask()  # a trial as good as the others runs on
+    reporter = Reporter(ok, "val/macro_f1", report=True, deadline=None)
+    for v in (0.52, 0.63, 0.71):
+        reporter(0, {"val/macro_f1": v})
+
+
+@pytest.mark.parametrize("kind, patience, expected", [
+    ("hyperband", None, "HyperbandPruner"), ("none", None, "NopPruner"), ("median", 2, "PatientPruner"),
+    ("none", 3, "PatientPruner"),
+])
+def test_pruner_kinds(kind, patience, expected):
+    params = params_with(pruner={**default_params()["hpo"]["pruner"], "type": kind, "patience": patience})
+    assert type(make_pruner(params)).__name__ == expected
+
+
+def test_per_trial_timeout_stops_at_the_next_report():
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    reporter = Reporter(trial, "val/macro_f1", report=True, deadline=0.0)
+    with pytest.raises(optuna.TrialPruned):
+        reporter(0, {"val/macro_f1": 0.5})
+    assert trial.user_attrs["stop_reason"] == "trial_timeout"
+
+
+# --- the stage -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hpo_project(tmp_path_factory):
+    from conftest import run_in
+
+    root = make_project(tmp_path_factory.mktemp("hpo"))
+    run_in(root, "hpo", "run")
+    return root
+
+
+def test_stage_writes_every_output(hpo_project):
+    root = hpo_project
+    metrics = json.loads((root / "metrics/hpo.json").read_text())
+    assert metrics["trials"]["complete"] == 3 and metrics["trials"]["finished"] == 3
+    assert metrics["best_value"] is not None and 0 <= metrics["best_value"] <= 1
+    best = yaml.safe_load((root / "stages/hpo/best_params.yaml").read_text())
+    assert set(best) == {"model", "train"} and set(best["train"]) == {"learning_rate"}
+    assert best["model"]["pooling"] in ("attention", "mean")
+    import csv
+
+    rows = list(csv.DictReader((root / "reports/hpo/trials.csv").open()))
+    assert [r["number"] for r in rows] == ["0", "1", "2"]
+    assert {"state", "value", "params.train.learning_rate", "duration_s", "prune_step", "epochs_run"} <= set(rows[0])
+    assert (root / "reports/hpo/importance.csv").read_text().startswith("param,importance\n")
+    assert (root / "reports/hpo/history.csv").read_text().count("\n") == 4
+    summary = (root / "reports/hpo/summary.md").read_text()
+    assert "optuna-dashboard sqlite:///stages/hpo/storage/study.db" in summary
+    study = load_study(root)
+    assert study.user_attrs["dsm5lab:fingerprint"] in study.study_name or study.study_name.startswith("dsm5lab-")
+    # the MLflow parent run of the study with one nested run per trial
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("dsm5lab").experiment_id])
+    parent = [r for r in runs if r.info.run_name.startswith("hpo/")]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+    assert len(parent) == 1 and len(children) == 3
+
+
+def test_rerun_resumes_and_continues_the_count(hpo_project, tmp_path, monkeypatch, cli):
+    from conftest import copy_project
+
+    root = copy_project(hpo_project, tmp_path, monkeypatch)
+    before = {t.number: t.value for t in load_study(root).trials}
+    result = cli("hpo", "run")
+    assert result.exit_code == 0, result.output
+    assert "already has 3 finished trials" in result.output
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["hpo"]["n_trials"] = 4
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert cli("hpo", "run").exit_code == 0
+    trials = load_study(root).trials
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert {t.number: t.value for t in trials if t.number < 3} == before
+
+
+def test_promote_writes_best_values_keeping_comments(hpo_project, tmp_path, monkeypatch, cli):
+    from conftest import copy_project
+
+    root = copy_project(hpo_project, tmp_path, monkeypatch)
+    (root / "params.yaml").write_text("# my header comment\n" + (root / "params.yaml").read_text()
+                                      .replace("learning_rate:", "learning_rate:", 1))
+    text = (root / "params.yaml").read_text()
+    text = text.replace("  pooling: attention", "  pooling: cls  # keep this comment", 1)
+    (root / "params.yaml").write_text(text)
+    best = yaml.safe_load((root / "stages/hpo/best_params.yaml").read_text())
+    result = cli("hpo", "promote")
+    assert result.exit_code == 0, result.output
+    assert "+  pooling: " in result.output and "promote: changed" in result.output
+    after = (root / "params.yaml").read_text()
+    assert after.startswith("# my header comment\n") and "# keep this comment" in after
+    promoted = yaml.safe_load(after)
+    assert promoted["train"]["learning_rate"] == best["train"]["learning_rate"]
+    assert promoted["model"]["pooling"] == best["model"]["pooling"]
+    again = cli("hpo", "promote")
+    assert "changed 0 value(s)" in again.output
+
+
+def test_promote_errors(workdir, cli):
+    result = cli("hpo", "promote")
+    assert result.exit_code == 2 and "best_params.yaml: not found" in result.output
+    (workdir / "best.yaml").write_text("train:\n  learning_rte: 0.1\n")
+    result = cli("hpo", "promote", "--best", "best.yaml")
+    assert result.exit_code == 2 and "'train.learning_rte' is not a key" in result.output
+
+
+def test_export_and_worker_errors(hpo_project, cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(hpo_project)
+    url = f"sqlite:///{hpo_project / 'stages/hpo/storage/study.db'}"
+    name = load_study(hpo_project).study_name
+    out = tmp_path / "t.csv"
+    assert cli("hpo", "export", "--storage", url, "--study", name, "--out", str(out)).exit_code == 0
+    assert out.read_text().count("\n") == 4
+    result = cli("hpo", "export", "--storage", url, "--study", "nope", "--out", str(out))
+    assert result.exit_code == 2 and f"studies there: {name}" in result.output
+    result = cli("hpo", "worker", "--storage", url, "--study", name)
+    assert result.exit_code == 2 and "SQLite storage serves one worker only" in result.output
+
+
+def test_hpo_without_prepared_data_fails_cleanly(workdir, cli):
+    result = cli("hpo", "run")
+    assert result.exit_code == 2 and "run `dsm5lab prepare`" in result.output
+    assert not (workdir / "metrics/hpo.json").exists()
+
+
+def test_cross_validation_reports_per_fold_and_stores_fold_metrics(tmp_path):
+    from conftest import run_in
+
+    cv = {**tiny_params()["hpo"]["cv"], "enabled": True, "folds": 2}
+    root = make_project(tmp_path / "cv", cv=cv, n_trials=2, trial_overrides={"train.epochs": 1})
+    run_in(root, "hpo", "run")
+    for t in load_study(root).trials:
+        folds = t.user_attrs["fold_metrics"]
+        assert [f["fold"] for f in folds] == ["fold-0", "fold-1"]
+        assert t.value == pytest.approx(sum(f["values"][0] for f in folds) / 2)
+        assert sorted(t.intermediate_values) == [0, 1]
+
+
+@pytest.mark.parametrize("kind, expected", [("tpe", "TPESampler"), ("random", "RandomSampler"),
+                                            ("cmaes", "CmaEsSampler"), ("nsga2", "NSGAIISampler")])
+def test_sampler_kinds(kind, expected):
+    from dsm5lab.hpo.study import make_sampler
+
+    params = params_with(sampler={"type": kind, "n_startup_trials": 1})
+    assert type(make_sampler(params, 0)).__name__ == expected
+
+
+def test_two_objectives_give_a_pareto_front(tmp_path):
+    from conftest import run_in
+
+    objectives = [{"metric": "val/macro_f1", "direction": "maximize"},
+                  {"metric": "model/n_parameters", "direction": "minimize"}]
+    space = {"model.criteria_head": {"type": "categorical", "choices": ["linear", "mlp"]},
+             "train.learning_rate": {"type": "float", "low": 0.001, "high": 0.006, "log": True}}
+    root = make_project(tmp_path / "mo", objectives=objectives, n_trials=3, sampler={"type": "nsga2", "n_startup_trials": 0},
+                        spaces={"default": space}, trial_overrides={"train.epochs": 1})
+    run_in(root, "hpo", "run")
+    metrics = json.loads((root / "metrics/hpo.json").read_text())
+    study = load_study(root)
+    assert len(study.directions) == 2 and all(len(t.values) == 2 for t in study.trials)
+    assert metrics["pareto_front"] == sorted(t.number for t in study.best_trials)
+    assert "## Pareto front" in (root / "reports/hpo/summary.md").read_text()
+    header = (root / "reports/hpo/trials.csv").read_text().splitlines()[0]
+    assert "value_0" in header and "value_1" in header
