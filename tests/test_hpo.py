@@ -89,7 +89,22 @@ def test_conditional_params_are_sampled_only_when_their_condition_holds():
 def test_a_batch_above_max_micro_batch_becomes_accumulation():
     params = params_with(max_micro_batch=16)
     assert resolved_values(params, {"train.batch_size": 64}) == {"train.batch_size": 16, "train.grad_accum_steps": 4}
-    assert resolved_values(params, {"train.batch_size": 8}) == {"train.batch_size": 8}
+    # always both keys, so a grad_accum_steps promoted into params.yaml never leaks into a trial
+    assert resolved_values(params, {"train.batch_size": 8}) == {"train.batch_size": 8, "train.grad_accum_steps": 1}
+
+
+def test_a_condition_on_a_later_key_is_refused():
+    space = {"train.focal_gamma": {"type": "float", "low": 1, "high": 2, "when": {"train.loss": ["focal"]}},
+             "train.loss": {"type": "categorical", "choices": ["focal", "bce"]}}
+    with pytest.raises(UserError, match="'train.loss' is searched after 'train.focal_gamma'; list it first"):
+        params_with(spaces={"default": space}, space="default")
+
+
+def test_pruning_with_mid_epoch_validation_is_refused(workdir, cli):
+    from test_train import sets
+
+    result = cli("hpo", "run", *sets(["train.eval_every_steps=5"]))
+    assert result.exit_code == 2 and "set train.eval_every_steps: 0" in result.output
 
 
 def test_fingerprint_ignores_searched_values_but_not_the_rest():

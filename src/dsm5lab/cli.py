@@ -235,7 +235,8 @@ def hpo_promote(
 def hpo_export(
     storage: StorageOpt,
     study_name: StudyOpt,
-    out: Annotated[Path, typer.Option("--out", help="CSV to write.")] = Path("reports/hpo/trials.csv"),
+    out: Annotated[Path, typer.Option("--out", help="CSV to write (not the stage's own reports/hpo/trials.csv).")] = Path(
+        "hpo_trials.csv"),
 ) -> None:
     """Write the trials table of any study in any storage as CSV."""
     from dsm5lab.hpo import report, study

@@ -42,13 +42,21 @@ def compare_pruning(params: Params, root: Path = Path(".")) -> dict:
         raise UserError(f"hpo: study {name} has no pruned trial; nothing to compare")
     raw = params.model_dump(mode="json")
     raw["hpo"]["pruner"]["type"], raw["hpo"]["pruner"]["patience"] = "none", None
+    raw["hpo"]["trial_timeout_s"] = None  # a timeout would stop trials too
     unpruned = validate(raw, source="params without pruning")
     replay = optuna.create_study(directions=[o.direction for o in params.hpo.objectives],
                                  pruner=optuna.pruners.NopPruner())
     for t in done:
         replay.enqueue_trial(t.params)
     ctx = StudyContext(unpruned, root, f"{name}-nopruning", parent_run_id=None)
-    replay.optimize(lambda trial: run_trial(trial, ctx), n_trials=len(done))
+    from dsm5lab.hpo.space import InvalidTrialParams
+    from dsm5lab.training.loop import DivergedError
+
+    replay.optimize(lambda trial: run_trial(trial, ctx), n_trials=len(done),
+                    catch=(DivergedError, InvalidTrialParams))
+    if any(t.state.name != "COMPLETE" for t in replay.trials):
+        raise UserError("hpo compare-pruning: some replayed trials did not complete "
+                        f"({[t.number for t in replay.trials if t.state.name != 'COMPLETE']}); see the log")
     sign = 1 if params.hpo.objectives[0].direction == "maximize" else -1
     again = sorted(replay.trials, key=lambda t: t.number)
     best_with = max((t for t in done if t.state.name == "COMPLETE"), key=lambda t: sign * t.values[0])

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dsm5lab.config import Params
-from dsm5lab.hpo.space import base_values, resolved_values, suggest, trial_params
+from dsm5lab.hpo.space import InvalidTrialParams, base_values, resolved_values, suggest, trial_params
 from dsm5lab.hpo.storage import WORKER_ATTR, worker_tag
 
 AGGREGATE: dict[str, Callable[[list[float]], float]] = {
@@ -91,14 +91,18 @@ def run_trial(trial, ctx: StudyContext) -> float | list[float]:
     import optuna
 
     from dsm5lab.tracking import PARENT_TAG, Tracker, TrackingSettings
-    from dsm5lab.training.loop import RunPaths, fit
+    from dsm5lab.training.loop import DivergedError, RunPaths, fit
 
     hpo = ctx.params.hpo
     started = time.monotonic()
     trial.set_user_attr(WORKER_ATTR, worker_tag())
     trial.set_user_attr("stop_reason", None)  # a retried trial inherits its failed copy's attributes
     values = resolved_values(ctx.params, suggest(trial, hpo.search_space, base_values(ctx.params)))
-    tp = trial_params(ctx.params, values)
+    try:
+        tp = trial_params(ctx.params, values)
+    except InvalidTrialParams:
+        trial.set_user_attr("stop_reason", "invalid params")
+        raise
     trial.set_user_attr("values", values)
     prepared = ctx.root / "stages/prepare"
     plan = fold_plan(tp, prepared)
@@ -112,7 +116,7 @@ def run_trial(trial, ctx: StudyContext) -> float | list[float]:
                                 run_dir=run_dir, tags=tags)
     deadline = started + hpo.trial_timeout_s if hpo.trial_timeout_s else None
     cv, metric = hpo.cv.enabled, hpo.objectives[0].metric
-    report = not hpo.multi_objective
+    report = not hpo.multi_objective and metric.startswith("val/")  # costs exist only at the end
     folds: list[dict[str, Any]] = []
     epochs_run, stopped = 0.0, None
     with Tracker(settings) as tracker:
@@ -132,6 +136,9 @@ def run_trial(trial, ctx: StudyContext) -> float | list[float]:
                 epochs_run += reporter.epochs
                 stopped = exc
                 break
+            except DivergedError:
+                trial.set_user_attr("stop_reason", "diverged")
+                raise
             epochs_run += reporter.epochs
             scores = objective_values(result, hpo.objectives)
             folds.append({"fold": name, "values": scores, "best": result.best, "epochs_run": result.epochs_run})

@@ -156,6 +156,8 @@ def check_against_params(hpo: HpoConfig, raw: dict[str, Any], validate) -> None:
             where = f"hpo.spaces.{name}.{key}"
             _check_key(key, raw, where)
             for cond in dist.when or {}:
+                if cond in space and cond not in seen:
+                    raise ValueError(f"{where}.when: '{cond}' is searched after '{key}'; list it first")
                 if cond not in seen:
                     _check_key(cond, raw, f"{where}.when")
             for value in dist.values_to_check():

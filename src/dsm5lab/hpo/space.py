@@ -51,9 +51,10 @@ def resolved_values(params: Params, chosen: dict[str, Any]) -> dict[str, Any]:
     values = dict(chosen)
     limit = params.hpo.max_micro_batch
     batch = values.get("train.batch_size")
-    if limit is not None and batch is not None and batch > limit:
-        values["train.batch_size"] = limit
-        values["train.grad_accum_steps"] = math.ceil(batch / limit)
+    if batch is not None:  # always set, so the params.yaml value (e.g. after a promote) never leaks in
+        micro = min(batch, limit) if limit is not None else batch
+        values["train.batch_size"] = micro
+        values["train.grad_accum_steps"] = math.ceil(batch / micro)
     return values
 
 

@@ -43,11 +43,11 @@ def redact(url: str) -> str:
 
 def open_storage(url: str, stale) -> Any:
     """An Optuna storage for `url`; `stale` is the hpo.stale config (heartbeat, grace, retries)."""
-    from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import JournalStorage, RDBStorage
 
     quiet_optuna()
 
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=stale.max_retry) if stale.max_retry else None
+    retry = retry_callback(stale.max_retry)
     if url.startswith(JOURNAL):
         from optuna.storages.journal import JournalFileBackend
 
@@ -99,9 +99,29 @@ def _dead(tag: dict | None) -> bool:
     if not isinstance(tag, dict) or tag.get("host") != socket.gethostname():
         return False  # another machine's worker: the heartbeat (RDB) decides
     try:
-        return abs(psutil.Process(int(tag["pid"])).create_time() - float(tag["started"])) > 1e-3
+        # psutil derives the start time from the boot time: allow for clock adjustments
+        return abs(psutil.Process(int(tag["pid"])).create_time() - float(tag["started"])) > 2.0
     except (psutil.NoSuchProcess, psutil.AccessDenied, KeyError, ValueError):
         return True
+
+
+def retry_callback(max_retry: int):
+    """Re-enqueue a failed stale trial's params (a copy: the storage's cached trial stays as it is)."""
+    import copy
+
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    if not max_retry:
+        return None
+    inner = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+    def callback(study, trial) -> None:
+        trial = copy.deepcopy(trial)
+        trial.user_attrs.pop(WORKER_ATTR, None)  # the dead worker's tag must not mark the copy stale
+        trial.user_attrs["stop_reason"] = None
+        inner(study, trial)
+
+    return callback
 
 
 def sweep_stale(study, max_retry: int, single_worker: bool) -> list[int]:
@@ -110,21 +130,25 @@ def sweep_stale(study, max_retry: int, single_worker: bool) -> list[int]:
     `single_worker` (SQLite): every RUNNING trial is stale, tagged or not, since no other worker may run.
     Returns the numbers of the trials failed.
     """
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     failed = []
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry) if max_retry else None
+    retry = retry_callback(max_retry)
     storage = study._storage
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         tag = trial.user_attrs.get(WORKER_ATTR)
         if not (single_worker or _dead(tag)):
             continue
-        storage.set_trial_user_attr(trial._trial_id, "stop_reason", "worker died")
-        if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
-            failed.append(trial.number)
-            if retry is not None:
-                retry(study, storage.get_trial(trial._trial_id))
+        try:  # another worker may sweep (or the owner finish) the same trial at the same time
+            storage.set_trial_user_attr(trial._trial_id, "stop_reason", "worker died")  # finished trials refuse it
+            if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                continue
+        except UpdateFinishedTrialError:
+            continue
+        failed.append(trial.number)
+        if retry is not None:
+            retry(study, storage.get_trial(trial._trial_id))
     return failed
 
 
@@ -135,5 +159,7 @@ def finished_count(study) -> int:
     trials = study.get_trials(deepcopy=False)
     # RetryHeartbeatStaleTrialCallback lists every failed attempt in its copy's system attr retry_history
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    # a FAIL counts when we know why (died, diverged, invalid params); an interrupted or crashed
+    # trial (Ctrl-C, a bug) does not use up the budget
     return sum(1 for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-               or (t.state == TrialState.FAIL and t.number not in retried))
+               or (t.state == TrialState.FAIL and t.number not in retried and t.user_attrs.get("stop_reason")))

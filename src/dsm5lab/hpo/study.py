@@ -38,7 +38,8 @@ def make_sampler(params: Params, seed: int):
 
     s = params.hpo.sampler
     if s.type == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials, multivariate=True)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials, multivariate=True,
+                                          warn_independent_sampling=False)  # conditional params are expected
     if s.type == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if s.type == "cmaes":  # CMA-ES handles float/int; categorical params fall back to independent sampling
@@ -76,6 +77,10 @@ def _trial_epochs(params: Params) -> int:
 def _check_objectives(params: Params) -> None:
     from dsm5lab.training.loop import VAL_METRICS
 
+    every = params.hpo.trial_overrides.get("train.eval_every_steps", params.train.eval_every_steps)
+    if params.hpo.pruner.type != "none" and every and not params.hpo.cv.enabled:
+        raise UserError("hpo.pruner: pruning compares trials report by report, one per epoch; set "
+                        "train.eval_every_steps: 0 for the study (hpo.trial_overrides) or hpo.pruner.type: none")
     task_dist = params.hpo.search_space.get("train.task")
     tasks = task_dist.choices if task_dist is not None else [params.hpo.trial_overrides.get("train.task", params.train.task)]
     for o in params.hpo.objectives:
@@ -145,10 +150,13 @@ def run(params: Params, root: Path = Path("."), echo: Echo = _quiet) -> dict:
     name = study_name(params, fp)
     storage = st.open_storage(url, params.hpo.stale)
     study = _study(storage, name, params, params.seed, create=True)
-    if PARAMS_ATTR not in study.user_attrs:
-        study.set_user_attr(PARAMS_ATTR, params.model_dump(mode="json"))
-        study.set_user_attr(FP_ATTR, fp)
-        study.set_user_attr(DATA_ATTR, data)
+    # workers run from the study's stored params: refresh them so n_trials, timeouts and the pruner
+    # of this run (outside the fingerprint) reach the workers too
+    study.set_user_attr(PARAMS_ATTR, params.model_dump(mode="json"))
+    study.set_user_attr(FP_ATTR, fp)
+    study.set_user_attr(DATA_ATTR, data)
+    # a resumed study must not replay the random proposals of its first run: seed by trials so far
+    study.sampler = make_sampler(params, params.seed + len(study.get_trials(deepcopy=False)))
     swept = st.sweep_stale(study, params.hpo.stale.max_retry, single_worker=st.is_sqlite(url))
     if swept:
         echo(f"hpo: failed stale trial(s) {swept} left RUNNING by a dead worker")
