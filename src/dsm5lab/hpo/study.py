@@ -133,8 +133,15 @@ def _study(storage, name: str, params: Params, seed: int, create: bool):
     try:
         return optuna.load_study(**kwargs)
     except KeyError:
-        names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
-        raise UserError(f"--study: no study {name!r} in this storage (studies there: {names})") from None
+        raise _no_study(storage, name) from None
+
+
+def _no_study(storage, name: str) -> UserError:
+    """The one-line error for a study name the storage does not hold, listing the ones it does."""
+    import optuna
+
+    names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
+    return UserError(f"--study: no study {name!r} in this storage (studies there: {names})")
 
 
 def run(params: Params, root: Path = Path("."), echo: Echo = _quiet) -> dict:
@@ -187,22 +194,13 @@ def run(params: Params, root: Path = Path("."), echo: Echo = _quiet) -> dict:
 
 def worker(url: str, name: str, root: Path = Path("."), echo: Echo = _quiet) -> int:
     """Join an existing study (another process or machine) and run trials until it has n_trials."""
-    from dsm5lab.hpo.schema import StaleConfig
-
     root = Path(root)
     if st.is_sqlite(url):
         raise UserError(f"--storage: {sqlite_workers_message('several')}")
-    probe = st.open_storage(url, StaleConfig(heartbeat_interval_s=60, grace_period_s=120, max_retry=0))
-    import optuna
-
-    try:
-        attrs = optuna.load_study(study_name=name, storage=probe).user_attrs
-    except KeyError:
-        names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(probe)) or "none"
-        raise UserError(f"--study: no study {name!r} in {st.redact(url)} (studies there: {names})") from None
-    if PARAMS_ATTR not in attrs:
+    probe, params = load_from_storage(url, name)
+    if params is None:
         raise UserError(f"--study: {name!r} was not created by `dsm5lab hpo run` (no stored params)")
-    params = validate(attrs[PARAMS_ATTR], source=f"study {name} params")
+    attrs = probe.user_attrs
     local = data_hash(root / PREPARED)
     if local != attrs.get(DATA_ATTR):
         raise UserError(f"{root / PREPARED}: differs from the data study {name} was created on; check out the "
@@ -240,7 +238,6 @@ def load_from_storage(url: str, name: str):
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
-        raise UserError(f"--study: no study {name!r} in {st.redact(url)} (studies there: {names})") from None
+        raise _no_study(storage, name) from None
     raw = study.user_attrs.get(PARAMS_ATTR)
     return study, (validate(raw, source=f"study {name} params") if raw else None)
