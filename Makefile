@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test lock clean
+.PHONY: install run test lock clean exps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# `dvc exp show` reduced to key params and headline metrics (no dependency-hash columns).
+# Extra flags go through EXP_ARGS, e.g. make exps EXP_ARGS="--sort-by val.macro_f1 --csv".
+EXP_PARAMS := seed|data\.(source|synthetic\.n_posts)|model\.(backbone|pooling)|train\.(task|loss|learning_rate|batch_size|epochs)|hpo\.n_trials
+EXP_METRICS := val\.(macro_f1|sentence_macro_f1)|test\.macro_f1|paper\.macro_f1|evidence\.sentence_macro_f1|best_value|reduction_pct
+exps:
+	dvc exp show --drop '.*' --keep '^(Experiment|rev|Created|State)$$|^($(EXP_PARAMS))$$|^($(EXP_METRICS))$$' $(EXP_ARGS)
 
 # Re-resolve the lock from pyproject.toml in a scratch venv (needs the package registry).
 lock:

@@ -59,6 +59,12 @@ def test_retention_none_nan_inf_never_best():
     assert steps(keep) == [2]
 
 
+def test_retention_last_n_above_the_run_length_keeps_the_whole_run():
+    """Regression: a run shorter than keep_last_n lost all but its last checkpoint (negative slice start)."""
+    keep, delete = plan_retention([rec(1, 0.5), rec(2, 0.7)], keep_best_k=1, keep_last_n=3)
+    assert steps(keep) == [1, 2] and delete == []
+
+
 def test_retention_keep_best_zero_still_keeps_the_best():
     records = [rec(1, 0.9), rec(2, 0.1), rec(3, 0.2)]
     keep, delete = plan_retention(records, keep_best_k=0, keep_last_n=1)
@@ -102,6 +108,9 @@ def test_retention_properties(items, keep_best_k, keep_last_n, mode):
     assert steps(keep) == sorted(steps(keep)) and steps(delete) == sorted(steps(delete))
     runs = len({r["run"] for r in records})
     assert len(keep) <= keep_best_k + keep_last_n * runs + 1
+    for run in {r["run"] for r in records}:  # the last N of each run (all of them when it has fewer)
+        mine = steps(r for r in records if r["run"] == run)
+        assert set(mine[max(len(mine) - keep_last_n, 0):] if keep_last_n else []) <= set(steps(keep))
     finite = [r for r in records if r["score"] is not None and math.isfinite(r["score"])]
     if finite:
         sign = 1 if mode == "max" else -1

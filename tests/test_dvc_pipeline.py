@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import ROOT
 
@@ -65,6 +66,36 @@ def clone(tmp_path):
     return repo, env
 
 
+def check_retention(repo: Path, env: dict, study: str) -> None:
+    """After `dvc repro`: train + HPO trials left several checkpoints; retention kept the best K, tracked."""
+    from dsm5lab.models.saved import load_model
+
+    manifest = json.loads((repo / "reports/retention/manifest.json").read_text())
+    k = manifest["policy"]["keep_best_k"]
+    everything = manifest["kept"] + manifest["deleted"]
+    runs = {e["run"] for e in everything}
+    assert "train" in runs and any(r.startswith(f"hpo/{study}/trial-") for r in runs), runs
+    assert len(everything) > k and manifest["deleted"]
+    ranked = sorted((e for e in everything if e["score"] is not None), key=lambda e: -e["score"])
+    index = json.loads((repo / "stages/retention/best.json").read_text())
+    assert [(e["run"], e["step"]) for e in index] == [(e["run"], e["step"]) for e in ranked[:k]]
+    pool = {(p.parent.relative_to(repo / "checkpoints").as_posix(), p.name)
+            for p in (repo / "checkpoints").rglob("step-*")}
+    assert pool == {(e["run"], f"step-{e['step']:08d}") for e in manifest["kept"]}
+    metrics = json.loads((repo / "metrics/retention.json").read_text())
+    assert 0 < metrics["reduction_pct"] < 100 and metrics["bytes"]["after"] < metrics["bytes"]["before"]
+    model, *_ = load_model(repo / "stages/retention" / index[0]["path"])  # the best one is whole and loads
+    # tracked by DVC: a deleted out comes back with `dvc checkout`
+    shutil.rmtree(repo / "stages/retention")
+    sh("dvc", "checkout", "retention", cwd=repo, env=env)
+    assert json.loads((repo / "stages/retention/best.json").read_text()) == index
+    # a second run deletes nothing and tracks the same set; the pipeline stays up to date
+    sh("dvc", "repro", "-f", "retention", cwd=repo, env=env)
+    again = json.loads((repo / "reports/retention/manifest.json").read_text())
+    assert again["deleted"] == [] and again["tracked"] == manifest["tracked"]
+    assert "up to date" in sh("dvc", "status", cwd=repo, env=env)
+
+
 def test_repro_then_status_is_clean_and_reproduces_the_lock(clone):
     repo, env = clone
     had_lock = (repo / "dvc.lock").exists()
@@ -83,10 +114,11 @@ def test_repro_then_status_is_clean_and_reproduces_the_lock(clone):
         assert f"vegaEmbed('#{plot_id}'" in html, plot_id
     hpo = json.loads((repo / "metrics/hpo.json").read_text())
     assert hpo["trials"]["finished"] >= 1 and (repo / "stages/hpo/best_params.yaml").is_file()
+    check_retention(repo, env, hpo["study"])
     if had_lock:  # the committed lock and metrics are what this code produces, byte for byte
-        # except the hpo stage: its outputs record wall-clock times (trial durations, seconds saved)
+        # except hpo and retention: they record wall-clock times (trial durations; checkpoint meta.json)
         diff = sh("git", "status", "--porcelain", "--", "metrics", "reports", ":!metrics/hpo.json",
-                  ":!reports/hpo", cwd=repo, env=env)
+                  ":!reports/hpo", ":!metrics/retention.json", ":!reports/retention", cwd=repo, env=env)
         assert diff == "", f"dvc repro changed committed results:\n{diff}"
         import yaml
 
@@ -126,3 +158,65 @@ def test_exp_run_with_override_shows_in_exp_show_and_mlflow(clone):
     runs = client.search_runs([client.get_experiment_by_name("dsm5lab").experiment_id])
     assert runs and runs[0].data.params["train.learning_rate"] == "0.002"
     assert runs[0].data.tags.get("dvc_exp_name"), runs[0].data.tags
+
+    # a queued grid, two workers: each experiment runs in a temp copy under .dvc/tmp/exps
+    sh("dvc", "exp", "run", "--queue", "-S", "train.learning_rate=1e-5,3e-5", "-S", "hpo.n_trials=2",
+       "-S", "train.epochs=2", cwd=repo, env=env)
+    sh("dvc", "queue", "start", "-j", "2", cwd=repo, env=env)
+    wait_for_queue(repo, env)
+    shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=repo, env=env))
+    queued = {name: lr for name, lr in exp_params(shown, "train", "learning_rate").items() if lr in (1e-5, 3e-5)}
+    assert sorted(queued.values()) == [1e-5, 3e-5], exp_params(shown, "train", "learning_rate")
+    # MLflow runs of queued experiments land in the project's store, tagged with the experiment name
+    runs = client.search_runs([client.get_experiment_by_name("dsm5lab").experiment_id])
+    tagged = {r.data.tags.get("dvc_exp_name") for r in runs if r.data.tags.get("mlflow.runName") == "train"}
+    assert set(queued) <= tagged, (queued, tagged)
+
+    # the curated table: key params and headline metrics, no dependency-hash columns
+    table = sh("make", "-s", "exps", "EXP_ARGS=--csv", cwd=repo, env=env)
+    header = table.splitlines()[0].split(",")
+    for column in ("Experiment", "train.learning_rate", "val.macro_f1", "paper.macro_f1", "reduction_pct"):
+        assert column in header, header
+    assert not [c for c in header if c.startswith("src/") or c.startswith("stages/")], header
+
+    # applying a finished experiment restores its results: `dvc repro` has nothing to do
+    name = min(queued, key=queued.get)
+    sh("dvc", "exp", "apply", name, cwd=repo, env=env)
+    assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["learning_rate"] == 1e-5
+    assert "Data and pipelines are up to date" in sh("dvc", "repro", cwd=repo, env=env)
+    sh("dvc", "exp", "branch", name, "lr-1e-5", cwd=repo, env=env)
+    sh("git", "checkout", "-q", "-f", "lr-1e-5", cwd=repo, env=env)
+    sh("dvc", "checkout", cwd=repo, env=env)
+    assert "Data and pipelines are up to date" in sh("dvc", "repro", cwd=repo, env=env)
+
+
+def wait_for_queue(repo: Path, env: dict, timeout_s: float = 900) -> None:
+    """Poll `dvc queue status` until nothing is queued or running; show a failed run's log."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = sh("dvc", "queue", "status", cwd=repo, env=env)
+        if not any(word in status for word in ("Queued", "Running")):
+            break
+        time.sleep(5)
+    else:
+        raise AssertionError(f"queue still busy after {timeout_s} s:\n{status}")
+    failed = [line.split()[0] for line in status.splitlines() if "Failed" in line]
+    logs = "".join(sh("dvc", "queue", "logs", task, cwd=repo, env=env) for task in failed)
+    assert not failed, f"queued experiments failed:\n{status}\n{logs}"
+
+
+def exp_params(node, section: str, key: str) -> dict[str, object]:
+    """Experiment name -> params.yaml value of section.key, for every named experiment in `dvc exp show --json`."""
+    found: dict[str, object] = {}
+    if isinstance(node, dict):
+        params = (node.get("data") or {}).get("params", {}).get("params.yaml", {}).get("data", {})
+        if node.get("name") and section in params:
+            found[node["name"]] = params[section].get(key)
+        for child in node.values():
+            found.update(exp_params(child, section, key))
+    elif isinstance(node, list):
+        for child in node:
+            found.update(exp_params(child, section, key))
+    return found

@@ -256,7 +256,12 @@ def test_default_tags_and_uri(tmp_path, monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "brisk-lark")
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", "abc123")
     assert default_tags() == {"dvc_exp_name": "brisk-lark", "dvc_exp_baseline": "abc123"}
+    monkeypatch.delenv("DVC_ROOT", raising=False)
     assert resolve_uri(None) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    # a queued experiment runs in a temp copy; DVC_ROOT names the project whose store it should use
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "project"))
+    assert resolve_uri(None) == f"sqlite:///{tmp_path.resolve()}/project/mlflow.db"
+    assert resolve_uri("sqlite:///runs/m.db?timeout=30") == f"sqlite:///{tmp_path.resolve()}/project/runs/m.db?timeout=30"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
     assert resolve_uri(None) == "http://mlflow.example:5000"
     assert resolve_uri("sqlite:////abs/x.db") == "sqlite:////abs/x.db"

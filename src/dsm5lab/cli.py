@@ -281,6 +281,29 @@ def tracking_replay(
 
 @app.command()
 @user_errors
+def retention(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    dry_run: Annotated[bool | None, typer.Option(
+        "--dry-run/--no-dry-run", help="plan and report, delete nothing (default: retention.dry_run).")] = None,
+) -> None:
+    """Keep the best-K checkpoints of train and HPO trials (copied into stages/retention), delete the rest."""
+    from dsm5lab import retention as stage
+
+    cfg = _load(params, set_)
+    m = stage.run(cfg, Path("."), dry_run=dry_run)
+    b, dry = m["bytes"], m["policy"]["dry_run"]
+    gone = m["would_delete" if dry else "deleted"]
+    rows = [(str(t["rank"] + 1), t["run"], str(t["step"]), f"{t['score']:.4f}") for t in m["tracked"]]
+    _print_table(f"retention: best {len(rows)} by {m['policy']['metric']} -> {stage.OUT_DIR}",
+                 ("rank", "run", "step", "score"), rows)
+    typer.echo(f"retention: kept {len(m['kept'])}, {'would delete' if dry else 'deleted'} {len(gone)} checkpoint(s); "
+               f"pool {b['before'] / 1e6:.1f} MB -> {b['after'] / 1e6:.1f} MB ({m['reduction_pct']:.1f}% less)"
+               + (f"; dry run: would free {m['would_free_bytes'] / 1e6:.1f} MB" if dry else ""))
+
+
+@app.command()
+@user_errors
 def gate(
     rev: Annotated[str, typer.Option("--rev", help="git revision holding the baseline metrics files.")] = "HEAD",
     gate_file: Annotated[Path, typer.Option("--gate-file", help="tolerances per metric.")] = Path("gate.yaml"),

@@ -189,6 +189,16 @@ class EvaluateConfig(_Strict):
     max_errors: int = Field(ge=0)
 
 
+class RetentionConfig(_Strict):
+    """The retention stage: which checkpoints of the scratch pool (train.checkpoint.dir) survive."""
+
+    keep_best_k: int = Field(ge=1, le=1000)
+    keep_last_n: int = Field(ge=0, le=1000)
+    max_total_gb: float | None = Field(gt=0.0, allow_inf_nan=False)
+    scope: Literal["current", "all"]
+    dry_run: bool
+
+
 class Params(_Strict):
     seed: int = Field(ge=0)
     data: DataConfig
@@ -198,6 +208,7 @@ class Params(_Strict):
     evaluate: EvaluateConfig
     tracking: TrackingConfig
     hpo: HpoConfig
+    retention: RetentionConfig
 
     @model_validator(mode="after")
     def _space_fits_params(self) -> Params:
@@ -280,16 +291,19 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
-    """Read a params file as a mapping, with one-line errors for the usual faults."""
+def read_yaml(path: Path, what: str = "params file", expect: str = "a mapping of sections") -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping, with one-line errors for the usual faults.
+
+    `what` names the file in the not-found message, `expect` says what the top level should be.
+    """
     if not path.is_file():
-        raise UserError(f"params file not found: {path}")
+        raise UserError(f"{what} not found: {path}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping of sections at the top level")
+        raise UserError(f"{path}: expected {expect} at the top level")
     return data
 
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from dsm5lab.config import read_yaml
 from dsm5lab.errors import UserError
 
 # file = stem, tolerance signed (-0.002: may drop 0.002): the table fits the CLI's 100 columns uncut.
@@ -72,14 +72,7 @@ class GateResult:
 
 def load_gate(path: Path) -> GateFile:
     """Read and validate a gate file; the first problem becomes one UserError line."""
-    if not path.is_file():
-        raise UserError(f"gate file not found: {path} (expected a YAML file with a 'metrics:' mapping)")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping with one key, 'metrics', at the top level")
+    data = read_yaml(path, what="gate file", expect="a mapping with one key, 'metrics',")
     try:
         return GateFile.model_validate(data)
     except ValidationError as exc:

@@ -41,13 +41,19 @@ class TrackingSettings:
 
 
 def resolve_uri(uri: str | None) -> str:
-    """The MLflow URI to use; relative sqlite paths become absolute (MLflow caches stores per URI string)."""
+    """The MLflow URI to use; relative sqlite paths become absolute (MLflow caches stores per URI string).
+
+    A relative path is taken from the DVC project root: DVC sets DVC_ROOT for stage commands, and for
+    queued experiments (`dvc queue start`), which run in a temp copy under .dvc/tmp/exps, it points at
+    the parent project, so their runs land in the project's store instead of one deleted with the copy.
+    """
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         path, sep, query = uri[len(prefix):].partition("?")
         if path and path != ":memory:":
-            uri = f"{prefix}{Path(path).resolve()}{sep}{query}"
+            base = Path(os.environ.get("DVC_ROOT") or ".")
+            uri = f"{prefix}{(base / path).resolve()}{sep}{query}"
     return uri
 
 

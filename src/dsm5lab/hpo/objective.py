@@ -16,6 +16,7 @@ from typing import Any, Callable
 from dsm5lab.config import Params
 from dsm5lab.hpo.space import InvalidTrialParams, base_values, resolved_values, suggest, trial_params
 from dsm5lab.hpo.storage import WORKER_ATTR, worker_tag
+from dsm5lab.training.checkpoint import HPO_POOL_DIR
 
 AGGREGATE: dict[str, Callable[[list[float]], float]] = {
     "mean": statistics.fmean, "median": statistics.median, "min": min, "max": max,
@@ -107,7 +108,7 @@ def run_trial(trial, ctx: StudyContext) -> float | list[float]:
     prepared = ctx.root / "stages/prepare"
     plan = fold_plan(tp, prepared)
     trial.set_user_attr("epochs_planned", tp.train.epochs * len(plan))
-    run_dir = ctx.root / tp.train.checkpoint.dir / "hpo" / ctx.study_name / f"trial-{trial.number:04d}"
+    run_dir = ctx.root / tp.train.checkpoint.dir / HPO_POOL_DIR / ctx.study_name / f"trial-{trial.number:04d}"
     tags = {"optuna.study": ctx.study_name, "optuna.trial": str(trial.number)}
     if ctx.parent_run_id:
         tags[PARENT_TAG] = ctx.parent_run_id

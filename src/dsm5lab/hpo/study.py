@@ -20,6 +20,7 @@ from dsm5lab.config import Params, validate
 from dsm5lab.errors import UserError
 from dsm5lab.hpo import storage as st
 from dsm5lab.hpo.objective import StudyContext, run_trial
+from dsm5lab.training.checkpoint import HPO_POOL_DIR
 from dsm5lab.hpo.schema import sqlite_workers_message
 from dsm5lab.hpo.space import InvalidTrialParams, data_hash, fingerprint, study_name
 
@@ -168,7 +169,7 @@ def run(params: Params, root: Path = Path("."), echo: Echo = _quiet) -> dict:
     if swept:
         echo(f"hpo: failed stale trial(s) {swept} left RUNNING by a dead worker")
     echo(f"hpo: study {name} in {st.redact(url)}")
-    run_dir = root / params.train.checkpoint.dir / "hpo" / name
+    run_dir = root / params.train.checkpoint.dir / HPO_POOL_DIR / name
     settings = TrackingSettings(mlflow_uri=params.tracking.mlflow_uri, experiment=params.tracking.experiment,
                                 run_name=f"hpo/{name}", live_dir=None, run_dir=run_dir, resume=True,
                                 tags={"optuna.study": name})

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,9 @@ from dsm5lab.errors import UserError
 FILES = ("model.safetensors", "config.json", "trainer_state.pt", "meta.json")
 REGISTRY = "registry.jsonl"
 FORMAT_VERSION = 1
+# the checkpoint pool (train.checkpoint.dir): the pipeline's train run, and HPO trials at hpo/<study>/trial-NNNN
+TRAIN_RUN = "train"
+HPO_POOL_DIR = "hpo"
 
 
 def _finite(score: Any) -> bool:
@@ -47,29 +52,82 @@ def _check_plain(value: Any, where: str = "state") -> None:
         raise TypeError(f"checkpoint {where} is a {type(value).__name__}; use plain Python types or tensors")
 
 
-def plan_retention(records: list[dict], keep_best_k: int, keep_last_n: int, mode: str = "max"
-                   ) -> tuple[list[dict], list[dict]]:
-    """Split records into (keep, delete): best K by score, last N per run, and always the single best.
+@dataclass(frozen=True)
+class Decision:
+    """What the retention policy does with one checkpoint record, and why.
 
-    Ties in score go to the later step; a None or non-finite score never counts as best.
-    Both lists are ordered by step (input order breaks step ties).
+    rank: 0 for the best ranked record, 1 for the next, ...; None when the record is not ranked
+    (no finite score, or scored on another metric). reasons, when kept: "best" (rank 0, never
+    dropped), "best_k", "last_n"; when dropped: "policy" (outside best-K and last-N) or "budget"
+    (kept by the policy but over the size budget).
+    """
+
+    record: dict
+    keep: bool
+    rank: int | None
+    reasons: tuple[str, ...]
+
+
+def decide_retention(records: list[dict], keep_best_k: int, keep_last_n: int, mode: str = "max", *,
+                     max_bytes: int | None = None, metric: str | None = None) -> list[Decision]:
+    """One decision per record (same order): keep the best K by score, the last N per run, within a budget.
+
+    Records are dicts with `run`, `step`, `score` and (for the budget) `bytes`. Ranking ties go to the
+    later step, then the run name, so the plan is the same for any input order. With `metric`, only
+    records scored on that metric are ranked. `max_bytes` drops kept records, unranked ones first, then
+    the lowest ranked, until the kept bytes fit; the single best record is never dropped.
     """
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
     if keep_best_k < 0 or keep_last_n < 0:
         raise ValueError("keep_best_k and keep_last_n must be >= 0")
+    if max_bytes is not None and max_bytes < 0:
+        raise ValueError("max_bytes must be >= 0 (or None for no budget)")
     sign = 1.0 if mode == "max" else -1.0
-    scored = [i for i, r in enumerate(records) if _finite(r.get("score"))]
-    scored.sort(key=lambda i: (sign * float(records[i]["score"]), records[i]["step"]), reverse=True)
-    keep = set(scored[: max(keep_best_k, 1)])
+    ranked = [i for i, r in enumerate(records)
+              if _finite(r.get("score")) and (metric is None or r.get("metric") == metric)]
+    ranked.sort(key=lambda i: (sign * float(records[i]["score"]), records[i]["step"], str(records[i].get("run"))),
+                reverse=True)
+    rank = {i: n for n, i in enumerate(ranked)}
+    reasons: dict[int, list[str]] = {i: [] for i in range(len(records))}
+    for i in ranked[: max(keep_best_k, 1)]:
+        reasons[i].append("best" if rank[i] == 0 else "best_k")
     by_run: dict[Any, list[int]] = {}
     for i, r in enumerate(records):
         by_run.setdefault(r.get("run"), []).append(i)
     for idx in by_run.values():
         idx.sort(key=lambda i: records[i]["step"])
-        keep.update(idx[len(idx) - keep_last_n :] if keep_last_n else [])
+        for i in idx[max(len(idx) - keep_last_n, 0) :] if keep_last_n else []:
+            reasons[i].append("last_n")
+    keep = {i for i, why in reasons.items() if why}
+    over_budget: set[int] = set()
+    if max_bytes is not None:
+        total = sum(int(records[i].get("bytes") or 0) for i in keep)
+        # cheapest to lose first: unranked (oldest first), then the lowest ranked
+        order = sorted((i for i in keep if rank.get(i) != 0),
+                       key=lambda i: (i in rank, -rank.get(i, 0), records[i]["step"]))
+        for i in order:
+            if total <= max_bytes:
+                break
+            total -= int(records[i].get("bytes") or 0)
+            over_budget.add(i)
+    return [
+        Decision(r, i in keep and i not in over_budget, rank.get(i),
+                 ("budget",) if i in over_budget else tuple(reasons[i]) if i in keep else ("policy",))
+        for i, r in enumerate(records)
+    ]
+
+
+def plan_retention(records: list[dict], keep_best_k: int, keep_last_n: int, mode: str = "max", *,
+                   max_bytes: int | None = None, metric: str | None = None) -> tuple[list[dict], list[dict]]:
+    """Split records into (keep, delete) by `decide_retention`; both lists ordered by step.
+
+    Input order breaks step ties. A None or non-finite score never counts as best.
+    """
+    decisions = decide_retention(records, keep_best_k, keep_last_n, mode, max_bytes=max_bytes, metric=metric)
     order = sorted(range(len(records)), key=lambda i: records[i]["step"])
-    return [records[i] for i in order if i in keep], [records[i] for i in order if i not in keep]
+    return ([records[i] for i in order if decisions[i].keep],
+            [records[i] for i in order if not decisions[i].keep])
 
 
 def _rng_state() -> dict:
@@ -312,13 +370,29 @@ class CheckpointManager:
 
     def prune(self) -> list[dict]:
         """Apply the retention policy: rewrite the registry with the kept records, then delete the rest."""
-        keep, drop = plan_retention(self._records, self.keep_best_k, self.keep_last_n, self.mode)
-        if drop:
-            self._records = keep
-            self._write_registry()
-            for r in drop:
-                shutil.rmtree(self.root / r["path"], ignore_errors=True)
+        _, drop = plan_retention(self._records, self.keep_best_k, self.keep_last_n, self.mode)
+        self.remove(drop)
         return drop
+
+    def remove(self, records: list[dict]) -> None:
+        """Forget, then delete, these checkpoints of this root.
+
+        The registry is rewritten first, so it never lists a deleted checkpoint; each folder is renamed
+        to a `.tmp-` name before removal, so a kill mid-way leaves either a whole checkpoint or a temp
+        folder that the next manager clears (`_recover`). Calling it again for the same records is a no-op.
+        """
+        gone = {r["path"] for r in records}
+        if not gone:
+            return
+        self._records = [r for r in self._records if r["path"] not in gone]
+        self._write_registry()
+        for name in sorted(gone):
+            target = self.root / name
+            if not target.exists():
+                continue
+            trash = self.root / f".{name}.tmp-gc-{os.getpid()}"
+            os.replace(target, trash)
+            shutil.rmtree(trash, ignore_errors=True)
 
     @property
     def records(self) -> list[dict]:

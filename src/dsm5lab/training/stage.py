@@ -7,6 +7,7 @@ from pathlib import Path
 
 from dsm5lab import atomic
 from dsm5lab.config import Params
+from dsm5lab.training.checkpoint import TRAIN_RUN
 
 PREPARED = Path("stages/prepare")
 MODEL_OUT = Path("stages/train/model")
@@ -35,7 +36,7 @@ def summary(result) -> dict:
     return out
 
 
-def run(params: Params, root: Path = Path("."), resume: bool = False, run_name: str = "train"):
+def run(params: Params, root: Path = Path("."), resume: bool = False, run_name: str = TRAIN_RUN):
     """Train from params alone; write the model, metrics/train.json and the dvclive curves."""
     from dsm5lab.tracking import Tracker, TrackingSettings
     from dsm5lab.training.loop import RunPaths, fit

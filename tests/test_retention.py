@@ -1,0 +1,342 @@
+"""The retention stage: best-K across runs tracked in stages/retention, the rest of the pool deleted, safely.
+
+Pools here are built with the real CheckpointManager around a tiny model, in the layout train and the
+HPO trials write (`checkpoints/train`, `checkpoints/hpo/<study>/trial-NNNN`). The pipeline-level check
+(real HPO + train, then `dvc status`) is in test_dvc_pipeline.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import default_params
+from dsm5lab import retention
+from dsm5lab.config import apply_overrides, validate
+from dsm5lab.errors import UserError
+from dsm5lab.training.checkpoint import FILES, REGISTRY, CheckpointManager, decide_retention, load_checkpoint
+
+STUDY = "dsm5lab-0123abcd"
+METRIC = "val/macro_f1"
+
+# run -> validation scores of its checkpoints, in step order
+POOL = {
+    "train": [0.50, 0.70, 0.60],
+    f"hpo/{STUDY}/trial-0000": [0.40, 0.80],
+    f"hpo/{STUDY}/trial-0001": [0.65],
+    f"hpo/{STUDY}/trial-0002": [None],  # diverged: no score
+}
+
+
+def tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Linear(3, 2)
+
+
+def fill_pool(root: Path, runs: dict[str, list], metric: str = METRIC) -> None:
+    """Checkpoints as train/trials leave them: per run a registry, step-* folders and an assets folder."""
+    model = tiny_model()
+    for run, scores in runs.items():
+        run_dir = root / "checkpoints" / run
+        manager = CheckpointManager(run_dir, keep_last_n=len(scores), keep_best_k=1, run=run_dir.name)
+        for step, score in enumerate(scores, 1):
+            manager.save(model, step=step * 10, epoch=step - 1, score=score, metric=metric, state={}, config={})
+        (run_dir / "assets").mkdir(exist_ok=True)
+        (run_dir / "assets" / "config.json").write_text("{}\n")
+
+
+def project(root: Path, study: str | None = STUDY, runs: dict[str, list] | None = None, **policy) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    raw = default_params()
+    raw["retention"] = {**raw["retention"], **policy}
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    if study is not None:
+        (root / "metrics").mkdir(exist_ok=True)
+        (root / "metrics/hpo.json").write_text(json.dumps({"study": study}))
+    fill_pool(root, POOL if runs is None else runs)
+    return root
+
+
+def params_of(root: Path, *overrides: str):
+    return validate(apply_overrides(yaml.safe_load((root / "params.yaml").read_text()), list(overrides)))
+
+
+def on_disk(root: Path) -> set[tuple[str, str]]:
+    pool = root / "checkpoints"
+    return {(p.parent.relative_to(pool).as_posix(), p.name) for p in pool.rglob("step-*") if p.is_dir()}
+
+
+def tracked(root: Path) -> list[tuple[str, int]]:
+    index = json.loads((root / retention.OUT_DIR / retention.INDEX).read_text())
+    return [(e["run"], e["step"]) for e in index]
+
+
+def test_keeps_the_best_k_across_runs_tracks_them_and_reports_the_reduction(tmp_path):
+    root = project(tmp_path, keep_best_k=3, keep_last_n=0)
+    before = sum(f.stat().st_size for f in (root / "checkpoints").rglob("step-*/*"))
+    manifest = retention.run(params_of(root), root)
+
+    best3 = [(f"hpo/{STUDY}/trial-0000", 20), ("train", 20), (f"hpo/{STUDY}/trial-0001", 10)]
+    assert tracked(root) == best3
+    assert on_disk(root) == {(run, f"step-{step:08d}") for run, step in best3}
+    for run, step in best3:  # a whole, loadable checkpoint with its run's assets beside it
+        out = root / retention.OUT_DIR / run / f"step-{step:08d}"
+        assert all((out / f).is_file() for f in FILES)
+        assert (out.parent / "assets" / "config.json").is_file()
+        state = load_checkpoint(out, tiny_model(), restore_rng=False)
+        assert state["step"] == step
+    # registries list exactly what is left
+    for run in POOL:
+        left = [json.loads(line)["path"] for line in (root / "checkpoints" / run / REGISTRY).read_text().splitlines()]
+        assert {(run, p) for p in left} == {x for x in on_disk(root) if x[0] == run}
+
+    assert [e["score"] for e in manifest["tracked"]] == [0.8, 0.7, 0.65]
+    assert len(manifest["deleted"]) == 4 and {e["reasons"][0] for e in manifest["deleted"]} == {"policy"}
+    metrics = json.loads((root / retention.METRICS_FILE).read_text())
+    assert metrics["bytes"]["before"] == before
+    assert metrics["bytes"]["after"] == sum(f.stat().st_size for f in (root / "checkpoints").rglob("step-*/*"))
+    expected = round(100 * (before - metrics["bytes"]["after"]) / before, 2)
+    assert metrics["reduction_pct"] == expected and 40 < expected < 60  # 4 of 7 equal-sized checkpoints
+    assert metrics["checkpoints"] == {"before": 7, "kept": 3, "tracked": 3, "deleted": 4}
+    assert metrics["best_score"] == 0.8
+    assert json.loads((root / retention.MANIFEST).read_text()) == manifest
+
+
+def test_a_second_run_deletes_nothing_and_tracks_the_same_set(tmp_path):
+    root = project(tmp_path, keep_best_k=2, keep_last_n=0)
+    first = retention.run(params_of(root), root)
+    files = sorted(p.relative_to(root).as_posix() for p in (root / retention.OUT_DIR).rglob("*"))
+    second = retention.run(params_of(root), root)
+    assert second["deleted"] == [] and second["reduction_pct"] == 0.0
+    assert second["tracked"] == first["tracked"]
+    assert sorted(p.relative_to(root).as_posix() for p in (root / retention.OUT_DIR).rglob("*")) == files
+
+
+def test_keep_last_n_keeps_each_runs_latest(tmp_path):
+    root = project(tmp_path, keep_best_k=1, keep_last_n=1)
+    manifest = retention.run(params_of(root), root)
+    assert tracked(root) == [(f"hpo/{STUDY}/trial-0000", 20)]
+    # the best, plus the last of every run (trial-0000's last is its best)
+    assert on_disk(root) == {("train", "step-00000030"), (f"hpo/{STUDY}/trial-0000", "step-00000020"),
+                             (f"hpo/{STUDY}/trial-0001", "step-00000010"),
+                             (f"hpo/{STUDY}/trial-0002", "step-00000010")}
+    reasons = {(e["run"], e["step"]): e["reasons"] for e in manifest["kept"]}
+    assert reasons[(f"hpo/{STUDY}/trial-0000", 20)] == ["best", "last_n"]
+    assert reasons[("train", 30)] == ["last_n"]
+
+
+def test_size_budget_drops_the_lowest_ranked_first_and_never_the_best(tmp_path):
+    root = project(tmp_path, keep_best_k=3, keep_last_n=0)
+    one = CheckpointManager(root / "checkpoints/train", keep_last_n=9, keep_best_k=1).records[0]["bytes"]
+    # room for two checkpoints: the third best goes
+    root.joinpath("params.yaml").write_text(root.joinpath("params.yaml").read_text().replace(
+        "max_total_gb: null", f"max_total_gb: {2.5 * one / 1e9}"))
+    manifest = retention.run(params_of(root), root)
+    assert tracked(root) == [(f"hpo/{STUDY}/trial-0000", 20), ("train", 20)]
+    budget = [(e["run"], e["step"]) for e in manifest["deleted"] if e["reasons"] == ["budget"]]
+    assert budget == [(f"hpo/{STUDY}/trial-0001", 10)]
+    # a budget below one checkpoint still keeps the best
+    manifest = retention.run(params_of(root, "retention.max_total_gb=1e-9"), root)
+    assert tracked(root) == [(f"hpo/{STUDY}/trial-0000", 20)]
+    assert on_disk(root) == {(f"hpo/{STUDY}/trial-0000", "step-00000020")}
+
+
+def test_dry_run_deletes_nothing_but_reports_and_tracks(tmp_path, cli, monkeypatch):
+    root = project(tmp_path, keep_best_k=2, keep_last_n=0)
+    monkeypatch.chdir(root)
+    everything = on_disk(root)
+    result = cli("retention", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "would delete 5 checkpoint(s)" in result.output and "dry run: would free" in result.output
+    assert on_disk(root) == everything
+    manifest = json.loads((root / retention.MANIFEST).read_text())
+    assert manifest["policy"]["dry_run"] is True and len(manifest["would_delete"]) == 5
+    assert manifest["would_free_bytes"] > 0 and manifest["bytes"]["after"] == manifest["bytes"]["before"]
+    assert tracked(root) == [(f"hpo/{STUDY}/trial-0000", 20), ("train", 20)]
+    result = cli("retention")  # the real run deletes exactly what the dry run listed
+    deleted = json.loads((root / retention.MANIFEST).read_text())["deleted"]
+    assert [(e["run"], e["step"]) for e in deleted] == [(e["run"], e["step"]) for e in manifest["would_delete"]]
+
+
+def test_scope_current_leaves_other_studies_alone_and_all_ranks_them(tmp_path):
+    root = project(tmp_path, keep_best_k=1, keep_last_n=0)
+    fill_pool(root, {"hpo/dsm5lab-oldstudy/trial-0000": [0.99, 0.1], "scratch-run": [0.95]})
+    manifest = retention.run(params_of(root), root)
+    assert tracked(root) == [(f"hpo/{STUDY}/trial-0000", 20)]
+    assert {e["run"] for e in manifest["out_of_scope"]} == {"hpo/dsm5lab-oldstudy/trial-0000", "scratch-run"}
+    assert {("hpo/dsm5lab-oldstudy/trial-0000", "step-00000010"), ("hpo/dsm5lab-oldstudy/trial-0000", "step-00000020"),
+            ("scratch-run", "step-00000010")} <= on_disk(root)
+    retention.run(params_of(root, "retention.scope=all"), root)
+    assert tracked(root) == [("hpo/dsm5lab-oldstudy/trial-0000", 10)]
+    assert on_disk(root) == {("hpo/dsm5lab-oldstudy/trial-0000", "step-00000010")}
+
+
+def test_without_an_hpo_study_only_the_train_run_is_in_scope(tmp_path):
+    root = project(tmp_path, study=None, keep_best_k=5, keep_last_n=0)
+    manifest = retention.run(params_of(root), root)
+    assert manifest["study"] is None
+    assert tracked(root) == [("train", 20), ("train", 30), ("train", 10)]
+    assert len(manifest["out_of_scope"]) == 3
+
+
+def test_checkpoints_scored_on_another_metric_are_not_ranked(tmp_path):
+    root = project(tmp_path, keep_best_k=2, keep_last_n=0)
+    fill_pool(root, {f"hpo/{STUDY}/trial-0003": [0.99]}, metric="val/sentence_macro_f1")
+    manifest = retention.run(params_of(root), root)
+    assert (f"hpo/{STUDY}/trial-0003", 10) not in tracked(root)
+    other = [e for e in manifest["deleted"] if e["run"].endswith("trial-0003")]
+    assert other and other[0]["rank"] is None
+
+
+def test_a_failed_copy_deletes_nothing_and_leaves_the_previous_out(tmp_path, monkeypatch):
+    root = project(tmp_path, keep_best_k=2, keep_last_n=0)
+    retention.run(params_of(root, "retention.dry_run=true"), root)
+    previous = tracked(root)
+    everything = on_disk(root)
+    copies = []
+
+    def flaky_copy(src, dst):
+        copies.append(src)
+        if len(copies) == 2:
+            raise OSError(28, "No space left on device")
+        shutil.copytree(src, dst)
+
+    monkeypatch.setattr(retention, "_copy_checkpoint", flaky_copy)
+    with pytest.raises(OSError):
+        retention.run(params_of(root, "retention.keep_best_k=3"), root)
+    assert on_disk(root) == everything  # the kept set was not complete: nothing deleted
+    assert tracked(root) == previous  # the out is the previous one, whole
+    assert not list((root / "stages").glob(".retention.tmp-*"))
+
+
+def test_killed_while_deleting_then_rerun_finishes_the_same_plan(tmp_path, monkeypatch):
+    """A kill between runs' deletions: the out is already complete; a re-run deletes the rest, nothing more."""
+    reference = project(tmp_path / "ref", keep_best_k=2, keep_last_n=0)
+    retention.run(params_of(reference), reference)
+
+    root = project(tmp_path / "p", keep_best_k=2, keep_last_n=0)
+    real_remove = CheckpointManager.remove
+    calls = []
+
+    def killed_after_first(self, records):
+        if calls:
+            raise KeyboardInterrupt  # SIGINT mid-way: the second run's deletion never starts
+        calls.append(self.root)
+        real_remove(self, records)
+
+    monkeypatch.setattr(CheckpointManager, "remove", killed_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        retention.run(params_of(root), root)
+    assert tracked(root) == tracked(reference)  # the tracked set was complete before any deletion
+    assert on_disk(root) > on_disk(reference)
+    monkeypatch.setattr(CheckpointManager, "remove", real_remove)
+    retention.run(params_of(root), root)
+    assert on_disk(root) == on_disk(reference) and tracked(root) == tracked(reference)
+
+
+def test_a_deletion_interrupted_inside_a_folder_is_cleaned_up_next_time(tmp_path):
+    """A checkpoint renamed to its .tmp-gc name but not yet removed: the next run clears it and counts nothing."""
+    root = project(tmp_path, keep_best_k=2, keep_last_n=0)
+    victim = root / "checkpoints/train/step-00000010"
+    victim.rename(victim.with_name(".step-00000010.tmp-gc-1"))
+    manifest = retention.run(params_of(root), root)
+    assert not list((root / "checkpoints/train").glob(".*tmp-gc*"))
+    assert ("train", 10) not in {(e["run"], e["step"]) for e in manifest["deleted"] + manifest["kept"]}
+
+
+def test_an_empty_pool_is_one_error_line_and_writes_nothing(tmp_path, cli, monkeypatch):
+    root = project(tmp_path, runs={})
+    monkeypatch.chdir(root)
+    result = cli("retention")
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: retention: no checkpoints in checkpoints")
+    assert "dvc repro -f train" in lines[0]
+    assert not (root / retention.METRICS_FILE).exists() and not (root / retention.OUT_DIR).exists()
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("retention.keep_best_k=0", "retention.keep_best_k: Input should be greater than or equal to 1"),
+    ("retention.keep_last_n=-1", "retention.keep_last_n"),
+    ("retention.max_total_gb=0", "retention.max_total_gb"),
+    ("retention.scope=everything", "retention.scope: Input should be 'current' or 'all'"),
+    ("retention.keep_bset_k=2", "did you mean 'keep_best_k'?"),
+])
+def test_bad_policy_params_are_one_line_each(tmp_path, cli, monkeypatch, override, needle):
+    root = project(tmp_path)
+    monkeypatch.chdir(root)
+    result = cli("retention", "--set", override)
+    assert result.exit_code == 2 and needle in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert on_disk(root) and not (root / retention.METRICS_FILE).exists()
+
+
+# --- property tests ------------------------------------------------------------------------------
+
+scores = st.one_of(st.none(), st.just(float("nan")), st.floats(-1, 1, allow_nan=False), st.sampled_from([0.0, 0.5]))
+
+
+def top(records, mode, metric=None):
+    sign = 1 if mode == "max" else -1
+    ranked = [r for r in records if r["score"] is not None and math.isfinite(r["score"])
+              and (metric is None or r["metric"] == metric)]
+    return max(ranked, key=lambda r: (sign * r["score"], r["step"], r["run"])) if ranked else None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(scores, st.sampled_from(["train", "t0", "t1"]), st.integers(1, 5),
+                       st.sampled_from([METRIC, "val/loss"])), max_size=20),
+    st.integers(0, 4), st.integers(0, 3), st.sampled_from(["max", "min"]),
+    st.one_of(st.none(), st.integers(0, 30)), st.sampled_from([None, METRIC]),
+)
+def test_policy_never_drops_the_top_checkpoint_and_respects_the_budget(items, k, n, mode, budget, metric):
+    records = [{"run": run, "step": step, "score": score, "bytes": size, "metric": m, "path": f"step-{step}"}
+               for step, (score, run, size, m) in enumerate(items)]
+    decisions = decide_retention(records, k, n, mode, max_bytes=budget, metric=metric)
+    assert [d.record for d in decisions] == records
+    best = top(records, mode, metric)
+    if best is not None:
+        mine = next(d for d in decisions if d.record is best)
+        assert mine.keep and mine.rank == 0 and "best" in mine.reasons
+    kept = [d for d in decisions if d.keep]
+    if budget is not None and sum(d.record["bytes"] for d in kept) > budget:
+        assert [d.rank for d in kept] == [0]  # only the best may exceed the budget
+    if budget is None:  # without a budget: every one of the top max(k, 1) ranks is kept
+        assert {d.rank for d in kept if d.rank is not None} >= {
+            d.rank for d in decisions if d.rank is not None and d.rank < max(k, 1)}
+    assert all((d.keep and d.reasons and "policy" not in d.reasons and "budget" not in d.reasons)
+               or (not d.keep and d.reasons in (("policy",), ("budget",))) for d in decisions)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.dictionaries(st.sampled_from(["train", f"hpo/{STUDY}/trial-0000", f"hpo/{STUDY}/trial-0001"]),
+                    st.lists(st.one_of(st.none(), st.floats(0, 1)), min_size=1, max_size=3), min_size=1),
+    st.integers(1, 4), st.integers(0, 2), st.one_of(st.none(), st.floats(1e-9, 1e-2)),
+    st.booleans(),
+)
+def test_the_stage_never_deletes_the_top_checkpoint(tmp_path_factory, runs, k, n, budget_gb, dry):
+    root = project(tmp_path_factory.mktemp("prop"), runs=runs)
+    params = params_of(root, f"retention.keep_best_k={k}", f"retention.keep_last_n={n}",
+                       f"retention.max_total_gb={'null' if budget_gb is None else budget_gb}",
+                       f"retention.dry_run={str(dry).lower()}")
+    scored = [(s, step * 10, run) for run, ss in runs.items() for step, s in enumerate(ss, 1) if s is not None]
+    before = on_disk(root)
+    manifest = retention.run(params, root)
+    if dry:
+        assert on_disk(root) == before
+    if scored:
+        _, step, run = max(scored)
+        assert (run, f"step-{step:08d}") in on_disk(root)
+        assert tracked(root)[0] == (run, step)
+    assert len(tracked(root)) <= k
+    assert {(e["run"], f"step-{e['step']:08d}") for e in manifest["kept"]} <= on_disk(root)
