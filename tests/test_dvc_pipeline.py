@@ -163,7 +163,10 @@ def test_exp_run_with_override_shows_in_exp_show_and_mlflow(clone):
     sh("dvc", "exp", "run", "--queue", "-S", "train.learning_rate=1e-5,3e-5", "-S", "hpo.n_trials=2",
        "-S", "train.epochs=2", cwd=repo, env=env)
     sh("dvc", "queue", "start", "-j", "2", cwd=repo, env=env)
-    wait_for_queue(repo, env)
+    try:
+        wait_for_queue(repo, env)
+    finally:
+        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=repo, env=env, capture_output=True)
     shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=repo, env=env))
     queued = {name: lr for name, lr in exp_params(shown, "train", "learning_rate").items() if lr in (1e-5, 3e-5)}
     assert sorted(queued.values()) == [1e-5, 3e-5], exp_params(shown, "train", "learning_rate")

@@ -169,7 +169,10 @@ def test_dry_run_deletes_nothing_but_reports_and_tracks(tmp_path, cli, monkeypat
 def test_scope_current_leaves_other_studies_alone_and_all_ranks_them(tmp_path):
     root = project(tmp_path, keep_best_k=1, keep_last_n=0)
     fill_pool(root, {"hpo/dsm5lab-oldstudy/trial-0000": [0.99, 0.1], "scratch-run": [0.95]})
+    writing = root / "checkpoints/scratch-run/.step-00000099.tmp-123"  # another process mid-save
+    writing.mkdir()
     manifest = retention.run(params_of(root), root)
+    assert writing.is_dir()  # out of scope: not even its temp folders are touched
     assert tracked(root) == [(f"hpo/{STUDY}/trial-0000", 20)]
     assert {e["run"] for e in manifest["out_of_scope"]} == {"hpo/dsm5lab-oldstudy/trial-0000", "scratch-run"}
     assert {("hpo/dsm5lab-oldstudy/trial-0000", "step-00000010"), ("hpo/dsm5lab-oldstudy/trial-0000", "step-00000020"),

@@ -50,17 +50,19 @@ class Run:
         return [{**r, "run": self.name} for r in self.manager.records]
 
 
-def find_runs(pool: Path) -> list[Run]:
-    """Every folder under the pool with a registry or checkpoint folders, sorted by name."""
+def run_dirs(pool: Path) -> list[str]:
+    """Every folder under the pool with a registry or checkpoint folders, pool-relative and sorted."""
     if not pool.is_dir():
         return []
     dirs = {p.parent for p in pool.rglob(REGISTRY)} | {p.parent for p in pool.rglob("step-*") if p.is_dir()}
-    runs = []
-    for d in sorted(dirs):
-        name = d.relative_to(pool).as_posix()
-        # the managers only read here (plus clearing temp folders of killed writes); keep values unused
-        runs.append(Run(name, CheckpointManager(d, keep_last_n=0, keep_best_k=1, run=d.name)))
-    return runs
+    return sorted(d.relative_to(pool).as_posix() for d in dirs)
+
+
+def open_run(pool: Path, name: str) -> Run:
+    """The run's manager: it reads the registry (adopting complete unregistered checkpoints) and clears
+    temp folders that killed writes left; the keep values are unused, retention passes its own."""
+    d = pool / name
+    return Run(name, CheckpointManager(d, keep_last_n=0, keep_best_k=1, run=d.name))
 
 
 def current_study(root: Path) -> str | None:
@@ -125,8 +127,10 @@ def run(params: Params, root: Path = Path("."), dry_run: bool | None = None) -> 
     mode = "min" if metric == "val/loss" else "max"
     pool = root / params.train.checkpoint.dir
     study = current_study(root) if rp.scope == "current" else None
-    runs = find_runs(pool)
-    scoped = [r for r in runs if in_scope(r.name, rp.scope, study)]
+    names = run_dirs(pool)
+    # out-of-scope runs are only listed: a worker of another study may be writing there right now
+    scoped = [open_run(pool, n) for n in names if in_scope(n, rp.scope, study)]
+    others = [n for n in names if not in_scope(n, rp.scope, study)]
     records = [rec for r in scoped for rec in r.records]
     if not records:
         looked = "every run" if rp.scope == "all" else f"the '{TRAIN_RUN}' run" + (
@@ -159,8 +163,8 @@ def run(params: Params, root: Path = Path("."), dry_run: bool | None = None) -> 
         "tracked": index,
         "kept": [_entry(d) for d in kept],
         "would_delete" if dry else "deleted": [_entry(d) for d in dropped],
-        "out_of_scope": [{"run": r.name, "checkpoints": len(r.records), "bytes": sum(x["bytes"] for x in r.records)}
-                         for r in runs if r not in scoped],
+        "out_of_scope": [{"run": n, "checkpoints": len(steps), "bytes": sum(_size(d) for d in steps)}
+                         for n in others for steps in [[d for d in (pool / n).glob("step-*") if d.is_dir()]]],
         "bytes": {"before": before, "after": after, "tracked": _size(root / OUT_DIR)},
         "reduction_pct": reduction,
     }
