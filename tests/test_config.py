@@ -59,3 +59,11 @@ def test_every_error_gets_its_own_line():
         validate(raw)
     lines = str(info.value).splitlines()
     assert len(lines) == 2 and lines[0].startswith("params: seed") and lines[1].startswith("params: prepare.n_folds")
+
+
+def test_exponent_floats_as_dvc_writes_them_are_numbers(tmp_path):
+    """`dvc exp run -S train.learning_rate=1e-5` writes `1e-05`, a string to YAML 1.1 readers like PyYAML."""
+    text = (ROOT / "params.yaml").read_text().replace("learning_rate: 0.003", "learning_rate: 1e-05", 1)
+    assert "learning_rate: 1e-05" in text
+    (tmp_path / "params.yaml").write_text(text)
+    assert load_params(tmp_path / "params.yaml").train.learning_rate == 1e-5

@@ -23,21 +23,37 @@ def sh(*args: str, cwd: Path, env: dict) -> str:
     return proc.stdout
 
 
+def dicts(node):
+    """Every mapping inside a JSON document (as `dvc exp show --json` nests them), depth first."""
+    if isinstance(node, dict):
+        yield node
+        children = node.values()
+    else:
+        children = node if isinstance(node, list) else []
+    for child in children:
+        yield from dicts(child)
+
+
 def find_metric(node, path: str, key: tuple[str, ...]) -> list:
     """Every value at `key` inside any metrics entry for `path` in `dvc exp show --json` output."""
     found = []
-    if isinstance(node, dict):
-        entry = node.get(path)
+    for d in dicts(node):
+        entry = d.get(path)
         if isinstance(entry, dict) and isinstance(entry.get("data"), dict):
             value = entry["data"]
             for k in key:
                 value = value.get(k, {}) if isinstance(value, dict) else {}
             found.append(value)
-        for child in node.values():
-            found.extend(find_metric(child, path, key))
-    elif isinstance(node, list):
-        for child in node:
-            found.extend(find_metric(child, path, key))
+    return found
+
+
+def exp_params(node, section: str, key: str) -> dict[str, object]:
+    """Experiment name -> params.yaml value of section.key, for every named experiment in `dvc exp show --json`."""
+    found: dict[str, object] = {}
+    for d in dicts(node):
+        params = (d.get("data") or {}).get("params", {}).get("params.yaml", {}).get("data", {})
+        if d.get("name") and section in params:
+            found[d["name"]] = params[section].get(key)
     return found
 
 
@@ -120,8 +136,6 @@ def test_repro_then_status_is_clean_and_reproduces_the_lock(clone):
         diff = sh("git", "status", "--porcelain", "--", "metrics", "reports", ":!metrics/hpo.json",
                   ":!reports/hpo", ":!metrics/retention.json", ":!reports/retention", cwd=repo, env=env)
         assert diff == "", f"dvc repro changed committed results:\n{diff}"
-        import yaml
-
         committed = yaml.safe_load(sh("git", "show", "HEAD:dvc.lock", cwd=repo, env=env))["stages"]
         produced = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
         for stage in ("prepare", "train", "evaluate"):
@@ -129,8 +143,6 @@ def test_repro_then_status_is_clean_and_reproduces_the_lock(clone):
         assert produced["hpo"]["deps"] == committed["hpo"]["deps"]
         assert produced["hpo"]["params"] == committed["hpo"]["params"]
     # promote round trip: the best trial's values go into params.yaml, and `dvc repro` trains exactly them
-    import yaml
-
     best = yaml.safe_load((repo / "stages/hpo/best_params.yaml").read_text())
     sh("dsm5lab", "hpo", "promote", cwd=repo, env=env)
     diff = json.loads(sh("dvc", "params", "diff", "--json", cwd=repo, env=env))["params.yaml"]
@@ -185,7 +197,8 @@ def test_exp_run_with_override_shows_in_exp_show_and_mlflow(clone):
     # applying a finished experiment restores its results: `dvc repro` has nothing to do
     name = min(queued, key=queued.get)
     sh("dvc", "exp", "apply", name, cwd=repo, env=env)
-    assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["learning_rate"] == 1e-5
+    # (DVC writes `1e-05`, which YAML 1.1 readers see as a string; the params schema reads it as a float)
+    assert float(yaml.safe_load((repo / "params.yaml").read_text())["train"]["learning_rate"]) == 1e-5
     assert "Data and pipelines are up to date" in sh("dvc", "repro", cwd=repo, env=env)
     sh("dvc", "exp", "branch", name, "lr-1e-5", cwd=repo, env=env)
     sh("git", "checkout", "-q", "-f", "lr-1e-5", cwd=repo, env=env)
@@ -209,17 +222,3 @@ def wait_for_queue(repo: Path, env: dict, timeout_s: float = 900) -> None:
     logs = "".join(sh("dvc", "queue", "logs", task, cwd=repo, env=env) for task in failed)
     assert not failed, f"queued experiments failed:\n{status}\n{logs}"
 
-
-def exp_params(node, section: str, key: str) -> dict[str, object]:
-    """Experiment name -> params.yaml value of section.key, for every named experiment in `dvc exp show --json`."""
-    found: dict[str, object] = {}
-    if isinstance(node, dict):
-        params = (node.get("data") or {}).get("params", {}).get("params.yaml", {}).get("data", {})
-        if node.get("name") and section in params:
-            found[node["name"]] = params[section].get(key)
-        for child in node.values():
-            found.update(exp_params(child, section, key))
-    elif isinstance(node, list):
-        for child in node:
-            found.update(exp_params(child, section, key))
-    return found
