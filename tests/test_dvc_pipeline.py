@@ -92,8 +92,9 @@ def check_retention(repo: Path, env: dict, study: str) -> None:
     runs = {e["run"] for e in everything}
     assert "train" in runs and any(r.startswith(f"hpo/{study}/trial-") for r in runs), runs
     assert len(everything) > k and manifest["deleted"]
-    ranked = sorted((e for e in everything if e["score"] is not None), key=lambda e: -e["score"])
-    index = json.loads((repo / "stages/retention/best.json").read_text())
+    sign = -1 if manifest["policy"]["mode"] == "max" else 1
+    ranked = sorted((e for e in everything if e["score"] is not None), key=lambda e: sign * e["score"])
+    index = json.loads((repo / "stages/retention/index.json").read_text())
     assert [(e["run"], e["step"]) for e in index] == [(e["run"], e["step"]) for e in ranked[:k]]
     pool = {(p.parent.relative_to(repo / "checkpoints").as_posix(), p.name)
             for p in (repo / "checkpoints").rglob("step-*")}
@@ -104,7 +105,7 @@ def check_retention(repo: Path, env: dict, study: str) -> None:
     # tracked by DVC: a deleted out comes back with `dvc checkout`
     shutil.rmtree(repo / "stages/retention")
     sh("dvc", "checkout", "retention", cwd=repo, env=env)
-    assert json.loads((repo / "stages/retention/best.json").read_text()) == index
+    assert json.loads((repo / "stages/retention/index.json").read_text()) == index
     # a second run deletes nothing and tracks the same set; the pipeline stays up to date
     sh("dvc", "repro", "-f", "retention", cwd=repo, env=env)
     again = json.loads((repo / "reports/retention/manifest.json").read_text())

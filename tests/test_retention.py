@@ -58,11 +58,20 @@ def project(root: Path, study: str | None = STUDY, runs: dict[str, list] | None 
     raw = default_params()
     raw["retention"] = {**raw["retention"], **policy}
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    (root / "metrics").mkdir(exist_ok=True)
     if study is not None:
-        (root / "metrics").mkdir(exist_ok=True)
         (root / "metrics/hpo.json").write_text(json.dumps({"study": study}))
-    fill_pool(root, POOL if runs is None else runs)
+    runs = POOL if runs is None else runs
+    fill_pool(root, runs)
+    scored = [(s, step * 10) for step, s in enumerate(runs.get("train", []), 1) if s is not None]
+    if scored:  # what the train stage writes: its best step and score, matched against checkpoints/train
+        score, step = max(scored, key=lambda x: (x[0], x[1]))
+        write_train_metrics(root, step, score)
     return root
+
+
+def write_train_metrics(root: Path, best_step: int, score: float) -> None:
+    (root / "metrics/train.json").write_text(json.dumps({"val": {"macro_f1": round(score, 6)}, "best_step": best_step}))
 
 
 def params_of(root: Path, *overrides: str):
@@ -105,7 +114,7 @@ def test_keeps_the_best_k_across_runs_tracks_them_and_reports_the_reduction(tmp_
     assert metrics["bytes"]["after"] == sum(f.stat().st_size for f in (root / "checkpoints").rglob("step-*/*"))
     expected = round(100 * (before - metrics["bytes"]["after"]) / before, 2)
     assert metrics["reduction_pct"] == expected and 40 < expected < 60  # 4 of 7 equal-sized checkpoints
-    assert metrics["checkpoints"] == {"before": 7, "kept": 3, "tracked": 3, "deleted": 4}
+    assert metrics["checkpoints"] == {"before": 7, "kept": 3, "best_k": 3, "deleted": 4}
     assert metrics["best_score"] == 0.8
     assert json.loads((root / retention.MANIFEST).read_text()) == manifest
 
@@ -120,14 +129,17 @@ def test_a_second_run_deletes_nothing_and_tracks_the_same_set(tmp_path):
     assert sorted(p.relative_to(root).as_posix() for p in (root / retention.OUT_DIR).rglob("*")) == files
 
 
-def test_keep_last_n_keeps_each_runs_latest(tmp_path):
+def test_keep_last_n_keeps_each_runs_latest_and_tracks_it_after_the_best(tmp_path):
     root = project(tmp_path, keep_best_k=1, keep_last_n=1)
     manifest = retention.run(params_of(root), root)
-    assert tracked(root) == [(f"hpo/{STUDY}/trial-0000", 20)]
-    # the best, plus the last of every run (trial-0000's last is its best)
+    # the best, then the last of every other run (trial-0000's last is its best), by rank, unscored last
+    assert tracked(root) == [(f"hpo/{STUDY}/trial-0000", 20), (f"hpo/{STUDY}/trial-0001", 10),
+                             ("train", 30), (f"hpo/{STUDY}/trial-0002", 10)]
     assert on_disk(root) == {("train", "step-00000030"), (f"hpo/{STUDY}/trial-0000", "step-00000020"),
                              (f"hpo/{STUDY}/trial-0001", "step-00000010"),
                              (f"hpo/{STUDY}/trial-0002", "step-00000010")}
+    assert all((root / retention.OUT_DIR / run / f"step-{step:08d}" / "model.safetensors").is_file()
+               for run, step in tracked(root))
     reasons = {(e["run"], e["step"]): e["reasons"] for e in manifest["kept"]}
     assert reasons[(f"hpo/{STUDY}/trial-0000", 20)] == ["best", "last_n"]
     assert reasons[("train", 30)] == ["last_n"]
@@ -149,13 +161,25 @@ def test_size_budget_drops_the_lowest_ranked_first_and_never_the_best(tmp_path):
     assert on_disk(root) == {(f"hpo/{STUDY}/trial-0000", "step-00000020")}
 
 
-def test_dry_run_deletes_nothing_but_reports_and_tracks(tmp_path, cli, monkeypatch):
+def test_cli_dry_run_prints_the_plan_and_writes_nothing(tmp_path, cli, monkeypatch):
     root = project(tmp_path, keep_best_k=2, keep_last_n=0)
+    leftover = root / "checkpoints/train/.step-00000040.tmp-99"  # a write in progress: not touched either
+    leftover.mkdir()
     monkeypatch.chdir(root)
-    everything = on_disk(root)
+    everything = sorted(p.relative_to(root) for p in root.rglob("*"))
     result = cli("retention", "--dry-run")
     assert result.exit_code == 0, result.output
     assert "would delete 5 checkpoint(s)" in result.output and "dry run: would free" in result.output
+    assert "train" in result.output and "step-00000010" in result.output  # the would-delete list
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == everything
+
+
+def test_dry_run_param_deletes_nothing_but_reports_and_tracks(tmp_path, cli, monkeypatch):
+    root = project(tmp_path, keep_best_k=2, keep_last_n=0)
+    monkeypatch.chdir(root)
+    everything = on_disk(root)
+    result = cli("retention", "--set", "retention.dry_run=true")
+    assert result.exit_code == 0, result.output
     assert on_disk(root) == everything
     manifest = json.loads((root / retention.MANIFEST).read_text())
     assert manifest["policy"]["dry_run"] is True and len(manifest["would_delete"]) == 5
@@ -190,13 +214,44 @@ def test_without_an_hpo_study_only_the_train_run_is_in_scope(tmp_path):
     assert len(manifest["out_of_scope"]) == 3
 
 
-def test_checkpoints_scored_on_another_metric_are_not_ranked(tmp_path):
+def test_checkpoints_scored_on_another_metric_are_neither_ranked_nor_deleted(tmp_path):
     root = project(tmp_path, keep_best_k=2, keep_last_n=0)
-    fill_pool(root, {f"hpo/{STUDY}/trial-0003": [0.99]}, metric="val/sentence_macro_f1")
+    fill_pool(root, {f"hpo/{STUDY}/trial-0003": [0.99, 0.1]}, metric="val/sentence_macro_f1")
     manifest = retention.run(params_of(root), root)
     assert (f"hpo/{STUDY}/trial-0003", 10) not in tracked(root)
-    other = [e for e in manifest["deleted"] if e["run"].endswith("trial-0003")]
-    assert other and other[0]["rank"] is None
+    assert {(f"hpo/{STUDY}/trial-0003", "step-00000010"), (f"hpo/{STUDY}/trial-0003", "step-00000020")} <= on_disk(root)
+    assert [(e["run"], e["step"], e["metric"]) for e in manifest["other_metric"]] == [
+        (f"hpo/{STUDY}/trial-0003", 10, "val/sentence_macro_f1"), (f"hpo/{STUDY}/trial-0003", 20, "val/sentence_macro_f1")]
+
+
+def test_cross_validation_folds_are_not_ranked_against_the_val_split(tmp_path):
+    """A fold's score is on its own fold: a lucky fold must not become the tracked best."""
+    root = project(tmp_path, keep_best_k=2, keep_last_n=0)
+    fill_pool(root, {f"hpo/{STUDY}/trial-0004/fold-0": [0.97], f"hpo/{STUDY}/trial-0004/fold-1": [0.2]})
+    manifest = retention.run(params_of(root), root)
+    assert tracked(root) == [(f"hpo/{STUDY}/trial-0000", 20), ("train", 20)]
+    folds = [e for e in manifest["deleted"] if "/fold-" in e["run"]]
+    assert sorted(e["fold_score"] for e in folds) == [0.2, 0.97] and all(e["rank"] is None for e in folds)
+
+
+def test_a_train_run_that_does_not_match_metrics_train_json_is_left_alone(tmp_path):
+    """checkpoints/train from another branch or params: not ranked, not deleted, reported."""
+    root = project(tmp_path, keep_best_k=2, keep_last_n=0)
+    write_train_metrics(root, 80, 0.91)  # the checked-out model came from a run whose best was step 80
+    manifest = retention.run(params_of(root), root)
+    assert all(run != "train" for run, _ in tracked(root))
+    assert {("train", f"step-000000{n}") for n in (10, 20, 30)} <= on_disk(root)
+    assert manifest["skipped"][0]["run"] == "train" and "step 80" in manifest["skipped"][0]["reason"]
+
+
+def test_nothing_scored_is_an_error_and_deletes_nothing(tmp_path, cli, monkeypatch):
+    root = project(tmp_path, runs={f"hpo/{STUDY}/trial-0000": [None, float("nan")],
+                                   f"hpo/{STUDY}/trial-0001/fold-0": [0.5]}, keep_last_n=0)
+    monkeypatch.chdir(root)
+    everything = on_disk(root)
+    result = cli("retention")
+    assert result.exit_code == 2 and "none of the 3 checkpoints in scope has a finite val/macro_f1" in result.output
+    assert on_disk(root) == everything and not (root / retention.METRICS_FILE).exists()
 
 
 def test_a_failed_copy_deletes_nothing_and_leaves_the_previous_out(tmp_path, monkeypatch):
@@ -242,6 +297,19 @@ def test_killed_while_deleting_then_rerun_finishes_the_same_plan(tmp_path, monke
     assert on_disk(root) > on_disk(reference)
     monkeypatch.setattr(CheckpointManager, "remove", real_remove)
     retention.run(params_of(root), root)
+    assert on_disk(root) == on_disk(reference) and tracked(root) == tracked(reference)
+
+
+def test_killed_after_the_registry_rewrite_but_before_the_folder_went(tmp_path):
+    """The registry no longer lists a checkpoint that is still whole on disk: the next run adopts and deletes it."""
+    reference = project(tmp_path / "ref", keep_best_k=2, keep_last_n=0)
+    retention.run(params_of(reference), reference)
+    root = project(tmp_path / "p", keep_best_k=2, keep_last_n=0)
+    registry = root / "checkpoints/train" / REGISTRY
+    registry.write_text("".join(line + "\n" for line in registry.read_text().splitlines()
+                                if '"step-00000010"' not in line))
+    manifest = retention.run(params_of(root), root)
+    assert ("train", 10) in {(e["run"], e["step"]) for e in manifest["deleted"]}
     assert on_disk(root) == on_disk(reference) and tracked(root) == tracked(reference)
 
 
@@ -334,12 +402,16 @@ def test_the_stage_never_deletes_the_top_checkpoint(tmp_path_factory, runs, k, n
                        f"retention.dry_run={str(dry).lower()}")
     scored = [(s, step * 10, run) for run, ss in runs.items() for step, s in enumerate(ss, 1) if s is not None]
     before = on_disk(root)
+    if not scored:  # nothing to rank: refused, and nothing deleted
+        with pytest.raises(UserError):
+            retention.run(params, root)
+        assert on_disk(root) == before
+        return
     manifest = retention.run(params, root)
     if dry:
         assert on_disk(root) == before
-    if scored:
-        _, step, run = max(scored)
-        assert (run, f"step-{step:08d}") in on_disk(root)
-        assert tracked(root)[0] == (run, step)
-    assert len(tracked(root)) <= k
+    _, step, run = max(scored)
+    assert (run, f"step-{step:08d}") in on_disk(root)
+    assert tracked(root)[0] == (run, step)
+    assert len(tracked(root)) <= k + n * len(runs)
     assert {(e["run"], f"step-{e['step']:08d}") for e in manifest["kept"]} <= on_disk(root)

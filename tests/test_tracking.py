@@ -216,6 +216,27 @@ def test_events_are_json_lines_with_time_and_kind(tmp_path, mlflow_uri):
     assert lines[1]["checkpoint"] == str(tmp_path / "ckpt.pt") and lines[-1]["status"] == "FINISHED"
 
 
+def test_a_queued_experiment_logs_into_the_project_store_and_artifact_root(tmp_path, monkeypatch):
+    """`dvc queue` runs stages in a temp copy (cwd) with DVC_ROOT = the project: store and artifacts go there."""
+    project, temp_copy = tmp_path / "project", tmp_path / "project/.dvc/tmp/exps/tmpabc"
+    temp_copy.mkdir(parents=True)
+    monkeypatch.chdir(temp_copy)
+    monkeypatch.setenv("DVC_ROOT", str(project))
+    report = temp_copy / "report.json"
+    report.write_text("{}")
+    s = TrackingSettings(mlflow_uri=None, experiment="queued", run_name="train", live_dir=None,
+                         run_dir=temp_copy / "run")
+    with Tracker(s) as t:
+        t.log_artifacts(report, "reports")
+        run_id = t.mlflow_run_id
+    uri = f"sqlite:///{project.resolve()}/mlflow.db"
+    assert (project / "mlflow.db").is_file() and not (temp_copy / "mlflow.db").exists()
+    exp = client(uri).get_experiment_by_name("queued")
+    assert exp.artifact_location == (project.resolve() / "mlruns" / "queued").as_uri()
+    assert (project / "mlruns/queued" / run_id / "artifacts/reports/report.json").is_file()
+    assert not (temp_copy / "mlruns").exists()
+
+
 def test_resume_keeps_dvclive_steps_and_the_mlflow_run(tmp_path, mlflow_uri):
     s = settings(tmp_path, mlflow_uri, "resume")
     with Tracker(s) as t:

@@ -284,19 +284,27 @@ def tracking_replay(
 def retention(
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
-    dry_run: Annotated[bool | None, typer.Option(
-        "--dry-run/--no-dry-run", help="plan and report, delete nothing (default: retention.dry_run).")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="print the plan; write and delete nothing (retention.dry_run: true still writes the reports).")] = False,
 ) -> None:
     """Keep the best-K checkpoints of train and HPO trials (copied into stages/retention), delete the rest."""
     from dsm5lab import retention as stage
 
     cfg = _load(params, set_)
-    m = stage.run(cfg, Path("."), dry_run=dry_run)
+    m = stage.run(cfg, Path("."), dry_run=True if dry_run else None, write=not dry_run)
     b, dry = m["bytes"], m["policy"]["dry_run"]
     gone = m["would_delete" if dry else "deleted"]
-    rows = [(str(t["rank"] + 1), t["run"], str(t["step"]), f"{t['score']:.4f}") for t in m["tracked"]]
-    _print_table(f"retention: best {len(rows)} by {m['policy']['metric']} -> {stage.OUT_DIR}",
-                 ("rank", "run", "step", "score"), rows)
+    for s in m["skipped"]:
+        typer.echo(f"retention: warning: left {s['run']} alone: {s['reason']}", err=True)
+    rows = [("-" if t["rank"] is None else str(t["rank"] + 1), t["run"], str(t["step"]),
+             "-" if t["score"] is None else f"{t['score']:.4f}", "+".join(t["reasons"])) for t in m["tracked"]]
+    where = "(plan only)" if dry_run else f"-> {stage.OUT_DIR}"
+    _print_table(f"retention: {len(rows)} kept by {m['policy']['metric']} {where}",
+                 ("rank", "run", "step", "score", "kept as"), rows)
+    if dry_run:
+        for e in gone:
+            score = "-" if e["score"] is None else f"{e['score']:.4f}"
+            typer.echo(f"would delete {e['run']}/step-{e['step']:08d} (score {score}, {e['reasons'][0]})")
     typer.echo(f"retention: kept {len(m['kept'])}, {'would delete' if dry else 'deleted'} {len(gone)} checkpoint(s); "
                f"pool {b['before'] / 1e6:.1f} MB -> {b['after'] / 1e6:.1f} MB ({m['reduction_pct']:.1f}% less)"
                + (f"; dry run: would free {m['would_free_bytes'] / 1e6:.1f} MB" if dry else ""))

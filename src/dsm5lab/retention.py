@@ -1,4 +1,4 @@
-"""The `retention` stage: garbage-collect the checkpoint pool down to a tracked best-K set.
+"""The `retention` stage: garbage-collect the checkpoint pool down to a tracked best-K (+ last-N) set.
 
 Train and every HPO trial leave checkpoints in the scratch pool (`train.checkpoint.dir`), each run
 folder with a `registry.jsonl` written by `CheckpointManager`. This stage reads every registry, ranks
@@ -27,14 +27,15 @@ from dsm5lab.config import Params
 from dsm5lab.errors import UserError
 from dsm5lab.progress import progress
 from dsm5lab.training.checkpoint import (FILES, HPO_POOL_DIR, REGISTRY, TRAIN_RUN, CheckpointManager,
-                                         Decision, decide_retention)
+                                         Decision, decide_retention, mode_for)
 
 OUT_DIR = Path("stages/retention")
-INDEX = "best.json"  # inside OUT_DIR: the tracked checkpoints, best first
+INDEX = "index.json"  # inside OUT_DIR: the tracked checkpoints, best first, then last-N-only ones
 ASSETS = "assets"  # a run's tokenizer/config folder: a checkpoint loads with its run's assets beside it
 METRICS_FILE = Path("metrics/retention.json")
 MANIFEST = Path("reports/retention/manifest.json")
 HPO_METRICS = Path("metrics/hpo.json")  # names the current study
+TRAIN_METRICS = Path("metrics/train.json")  # the best step of the train run whose model is checked out
 
 
 @dataclass
@@ -58,11 +59,35 @@ def run_dirs(pool: Path) -> list[str]:
     return sorted(d.relative_to(pool).as_posix() for d in dirs)
 
 
-def open_run(pool: Path, name: str) -> Run:
-    """The run's manager: it reads the registry (adopting complete unregistered checkpoints) and clears
-    temp folders that killed writes left; the keep values are unused, retention passes its own."""
+def open_run(pool: Path, name: str, read_only: bool = False) -> Run:
+    """The run's manager: it reads the registry (adopting complete unregistered checkpoints) and, unless
+    read_only, clears temp folders that killed writes left; the keep values are unused here."""
     d = pool / name
-    return Run(name, CheckpointManager(d, keep_last_n=0, keep_best_k=1, run=d.name))
+    return Run(name, CheckpointManager(d, keep_last_n=0, keep_best_k=1, run=d.name, read_only=read_only))
+
+
+def is_fold(name: str) -> bool:
+    """A cross-validation fold of an HPO trial (hpo/<study>/trial-NNNN/fold-k): scored on its own fold."""
+    return name.startswith(f"{HPO_POOL_DIR}/") and Path(name).name.startswith("fold-")
+
+
+def stale_train(root: Path, run: Run, metric: str) -> str | None:
+    """Why the pool's train run is not the one behind metrics/train.json (None when it is).
+
+    The train run always keeps its best checkpoint; if that step with that score is missing, the
+    folder holds another run (a different branch or params) or an earlier retention deleted it.
+    """
+    path = root / TRAIN_METRICS
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        step, want = summary["best_step"], summary["val"][metric.split("/", 1)[1]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"{path} is missing or has no best step and {metric}, so the run cannot be matched"
+    for rec in run.records:
+        if rec["step"] == step and rec.get("score") is not None and abs(rec["score"] - float(want)) <= 1e-6:
+            return None
+    return (f"it lacks the best checkpoint of {TRAIN_METRICS} (step {step}, {metric} {want}): it is from "
+            "another train run, or an earlier retention deleted it")
 
 
 def current_study(root: Path) -> str | None:
@@ -71,9 +96,12 @@ def current_study(root: Path) -> str | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8")).get("study")
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: not valid JSON ({exc.msg}); re-run `dvc repro hpo`") from None
+    if not isinstance(data, dict) or not isinstance(data.get("study", ""), str):
+        raise UserError(f"{path}: expected an object with the study name under 'study'; re-run `dvc repro hpo`")
+    return data.get("study")
 
 
 def in_scope(name: str, scope: str, study: str | None) -> bool:
@@ -88,73 +116,112 @@ def _size(path: Path) -> int:
 
 def _copy_checkpoint(src: Path, dst: Path) -> None:
     """Copy one checkpoint folder and check every file arrived whole (size for size)."""
-    shutil.copytree(src, dst)
+    try:
+        shutil.copytree(src, dst)
+    except OSError as exc:
+        raise UserError(f"retention: copying {src} failed ({exc.strerror or exc}); nothing was deleted") from None
     for name in FILES:
         a, b = src / name, dst / name
         if not b.is_file() or a.stat().st_size != b.stat().st_size:
             raise UserError(f"retention: copying {src} to {dst} left {name} incomplete; nothing was deleted")
 
 
-def write_tracked(out: Path, pool: Path, tracked: list[Decision], metric: str) -> list[dict]:
-    """Replace `out` with copies of the tracked checkpoints (and their runs' assets), all or nothing."""
-    index = []
+def _copy_assets(src: Path, dst: Path) -> None:
+    try:
+        shutil.copytree(src, dst)
+    except OSError as exc:
+        raise UserError(f"retention: copying {src} failed ({exc.strerror or exc}); nothing was deleted") from None
+
+
+def write_tracked(out: Path, pool: Path, tracked: list[Decision], index: list[dict]) -> None:
+    """Replace `out` with copies of the tracked checkpoints (and their runs' assets) and the index, all or nothing."""
     with atomic.staged_dir(out) as tmp:
-        for d in progress(tracked, desc="retention: copy best-K"):
+        for d in progress(tracked, desc="retention: copy kept set"):
             r = d.record
             src, dst = pool / r["run"] / r["path"], tmp / r["run"] / r["path"]
             _copy_checkpoint(src, dst)
             assets = pool / r["run"] / ASSETS
             if assets.is_dir() and not (dst.parent / ASSETS).exists():
-                shutil.copytree(assets, dst.parent / ASSETS)
-            index.append({"rank": d.rank, "run": r["run"], "step": r["step"], "epoch": r.get("epoch"),
-                          "score": r["score"], "metric": metric, "path": f"{r['run']}/{r['path']}"})
+                _copy_assets(assets, dst.parent / ASSETS)
         atomic.write_json(tmp / INDEX, index)
-    return index
 
 
 def _entry(d: Decision) -> dict[str, Any]:
     r = d.record
-    return {"rank": d.rank, "run": r["run"], "step": r["step"], "epoch": r.get("epoch"), "score": r.get("score"),
-            "metric": r.get("metric"), "bytes": int(r.get("bytes") or 0), "reasons": list(d.reasons)}
+    out = {"rank": d.rank, "run": r["run"], "step": r["step"], "epoch": r.get("epoch"), "score": r.get("score"),
+           "metric": r.get("metric"), "bytes": int(r.get("bytes") or 0), "reasons": list(d.reasons)}
+    if "fold_score" in r:
+        out["fold_score"] = r["fold_score"]
+    return out
 
 
-def run(params: Params, root: Path = Path("."), dry_run: bool | None = None) -> dict:
-    """Plan, copy the best-K set into the stage's out, delete the rest of the pool; write the reports."""
+def _bytes(records) -> int:
+    return sum(int(r.get("bytes") or 0) for r in records)
+
+
+def run(params: Params, root: Path = Path("."), dry_run: bool | None = None, write: bool = True) -> dict:
+    """Plan, copy the best-K set into the stage's out, delete the rest of the pool; write the reports.
+
+    dry_run (default retention.dry_run): delete nothing and touch no run folder. write=False (the CLI's
+    --dry-run): only plan and return the manifest; nothing at all is written.
+    """
     root = Path(root)
     rp = params.retention
-    dry = rp.dry_run if dry_run is None else dry_run
+    dry = (rp.dry_run if dry_run is None else dry_run) or not write
     metric = params.train.early_stopping.metric
-    mode = "min" if metric == "val/loss" else "max"
+    mode = mode_for(metric)
     pool = root / params.train.checkpoint.dir
     study = current_study(root) if rp.scope == "current" else None
     names = run_dirs(pool)
     # out-of-scope runs are only listed: a worker of another study may be writing there right now
-    scoped = [open_run(pool, n) for n in names if in_scope(n, rp.scope, study)]
+    runs = [open_run(pool, n, read_only=dry) for n in names if in_scope(n, rp.scope, study)]
     others = [n for n in names if not in_scope(n, rp.scope, study)]
-    records = [rec for r in scoped for rec in r.records]
+    skipped = []  # in scope but left alone, with the reason
+    train = next((r for r in runs if r.name == TRAIN_RUN), None)
+    reason = stale_train(root, train, metric) if train is not None else None
+    if reason:
+        runs.remove(train)
+        skipped.append({"run": train.name, "checkpoints": len(train.records), "bytes": _bytes(train.records),
+                        "reason": reason})
+    records, other_metric = [], []
+    for r in runs:
+        for rec in r.records:
+            if rec.get("metric") not in (None, metric):
+                other_metric.append(rec)  # not comparable, so neither ranked nor deleted
+            elif is_fold(r.name):  # scored on its own fold, not on the val split that ranks the rest
+                records.append({**rec, "score": None, "fold_score": rec.get("score")})
+            else:
+                records.append(rec)
     if not records:
         looked = "every run" if rp.scope == "all" else f"the '{TRAIN_RUN}' run" + (
             f" and study {study}" if study else "")
-        raise UserError(f"retention: no checkpoints in {pool} for {looked}; the pool is scratch space that "
-                        "`dvc checkout` does not restore, so re-create it with `dvc repro -f train` "
-                        "(or set retention.scope: all)")
+        why = f" ({skipped[0]['run']}: {skipped[0]['reason']})" if skipped else ""
+        raise UserError(f"retention: no checkpoints in {pool} scored on {metric} for {looked}{why}; the pool "
+                        "is scratch space that `dvc checkout` does not restore: re-create it with "
+                        "`dvc repro -f train` (or set retention.scope: all)")
     max_bytes = None if rp.max_total_gb is None else int(rp.max_total_gb * 1e9)
     decisions = decide_retention(records, rp.keep_best_k, rp.keep_last_n, mode, max_bytes=max_bytes, metric=metric)
-    tracked = sorted((d for d in decisions if d.keep and d.rank is not None and d.rank < rp.keep_best_k),
-                     key=lambda d: d.rank)
+    if all(d.rank is None for d in decisions):
+        raise UserError(f"retention: none of the {len(records)} checkpoints in scope has a finite {metric} on the "
+                        "val split (diverged runs or cross-validation folds only): nothing to rank, nothing deleted")
+    # everything kept is tracked: the best K by rank, then last-N-only checkpoints by run and step
+    kept = sorted((d for d in decisions if d.keep),
+                  key=lambda d: (d.rank is None, d.rank or 0, d.record["run"], d.record["step"]))
     dropped = [d for d in decisions if not d.keep]
-
-    index = write_tracked(root / OUT_DIR, pool, tracked, metric)
-    before = sum(int(r.get("bytes") or 0) for r in records)
+    index = [{"rank": d.rank, "run": d.record["run"], "step": d.record["step"], "epoch": d.record.get("epoch"),
+              "score": d.record["score"], "metric": metric, "reasons": list(d.reasons),
+              "path": f"{d.record['run']}/{d.record['path']}"} for d in kept]
+    if write:
+        write_tracked(root / OUT_DIR, pool, kept, index)
     if not dry:
         by_run: dict[str, list[dict]] = {}
         for d in dropped:
             by_run.setdefault(d.record["run"], []).append(d.record)
-        for r in progress([r for r in scoped if r.name in by_run], desc="retention: delete"):
+        for r in progress([r for r in runs if r.name in by_run], desc="retention: delete"):
             r.manager.remove(by_run[r.name])
-    after = before - (0 if dry else sum(int(d.record.get("bytes") or 0) for d in dropped))
-    kept = sorted((d for d in decisions if d.keep), key=lambda d: (d.rank is None, d.rank or 0, d.record["run"]))
-    best = tracked[0].record if tracked else None
+    before = _bytes(records) + _bytes(other_metric)
+    freed = _bytes(d.record for d in dropped)
+    after = before - (0 if dry else freed)
     reduction = round(100.0 * (before - after) / before, 2) if before else 0.0
     manifest = {
         "policy": {**rp.model_dump(), "dry_run": dry, "metric": metric, "mode": mode},
@@ -163,19 +230,25 @@ def run(params: Params, root: Path = Path("."), dry_run: bool | None = None) -> 
         "tracked": index,
         "kept": [_entry(d) for d in kept],
         "would_delete" if dry else "deleted": [_entry(d) for d in dropped],
+        "other_metric": [{"run": r["run"], "step": r["step"], "metric": r.get("metric"), "score": r.get("score"),
+                          "bytes": int(r.get("bytes") or 0)} for r in other_metric],
+        "skipped": skipped,
         "out_of_scope": [{"run": n, "checkpoints": len(steps), "bytes": sum(_size(d) for d in steps)}
                          for n in others for steps in [[d for d in (pool / n).glob("step-*") if d.is_dir()]]],
-        "bytes": {"before": before, "after": after, "tracked": _size(root / OUT_DIR)},
+        "bytes": {"before": before, "after": after,
+                  "tracked": _size(root / OUT_DIR) if write else _bytes(d.record for d in kept)},
         "reduction_pct": reduction,
     }
     if dry:
-        manifest["would_free_bytes"] = sum(int(d.record.get("bytes") or 0) for d in dropped)
+        manifest["would_free_bytes"] = freed
+    if not write:
+        return manifest
     metrics = {
-        "checkpoints": {"before": len(records), "kept": len(kept), "tracked": len(tracked),
-                        "deleted": 0 if dry else len(dropped)},
+        "checkpoints": {"before": len(records) + len(other_metric), "kept": len(kept),
+                        "best_k": sum(d.rank is not None for d in kept), "deleted": 0 if dry else len(dropped)},
         "bytes": manifest["bytes"],
         "reduction_pct": reduction,
-        "best_score": None if best is None else round(float(best["score"]), 6),
+        "best_score": round(float(kept[0].record["score"]), 6),
         "dry_run": dry,
     }
     atomic.write_json(root / MANIFEST, manifest)

@@ -95,9 +95,31 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+def _artifact_location(uri: str, name: str) -> str | None:
+    """Where a new experiment of a local sqlite store keeps artifacts: <project>/mlruns/<name>.
+
+    MLflow's default is ./mlruns of the process that creates the experiment; for a queued DVC
+    experiment that is a temp copy deleted afterwards, so the project root (DVC_ROOT) is used.
+    Servers and other stores keep their own default (None).
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(os.environ.get("DVC_ROOT") or ".").resolve() / "mlruns" / name).as_uri()
+
+
 def _experiment_id(client, name: str) -> str:
     exp = client.get_experiment_by_name(name)
-    return exp.experiment_id if exp is not None else client.create_experiment(name)
+    if exp is not None:
+        return exp.experiment_id
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.create_experiment(name, artifact_location=_artifact_location(client.tracking_uri, name))
+    except MlflowException:  # another worker created it between the lookup and here
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def _apply(client, run_id: str, record: dict) -> None:

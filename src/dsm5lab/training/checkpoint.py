@@ -27,6 +27,11 @@ TRAIN_RUN = "train"
 HPO_POOL_DIR = "hpo"
 
 
+def mode_for(metric: str) -> str:
+    """'min' for a metric where lower is better (the validation loss), else 'max'."""
+    return "min" if metric == "val/loss" else "max"
+
+
 def _finite(score: Any) -> bool:
     """True for a real, finite number (numpy and 0-d tensor scores included)."""
     if score is None or isinstance(score, bool):
@@ -288,13 +293,15 @@ class CheckpointManager:
     """
 
     def __init__(self, root: Path, *, keep_last_n: int, keep_best_k: int, mode: str = "max",
-                 min_free_gb: float = 0.0, run: str = "run"):
+                 min_free_gb: float = 0.0, run: str = "run", read_only: bool = False):
+        """read_only: only read the registry (for planning): no folder is created, no leftover cleared."""
         plan_retention([], keep_best_k, keep_last_n, mode)  # validates the policy values
         self.root = Path(root)
         self.keep_last_n, self.keep_best_k, self.mode = keep_last_n, keep_best_k, mode
         self.min_free_gb, self.run = min_free_gb, run
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._recover()
+        if not read_only:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._recover()
         self._records = self._read_registry()
         self._adopt_orphans()
 
@@ -321,9 +328,14 @@ class CheckpointManager:
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise UserError(f"checkpoint: {reg} line {n} is not valid JSON ({exc.msg})") from exc
+            if not isinstance(record, dict) or not isinstance(record.get("path"), str) \
+                    or not isinstance(record.get("step"), int):
+                raise UserError(f"checkpoint: {reg} line {n} is not a checkpoint record "
+                                "(an object with a string 'path' and an integer 'step')")
+            records.append(record)
         # A checkpoint deleted by hand is forgotten rather than reported as best.
         return [r for r in records if (self.root / r["path"]).is_dir()]
 

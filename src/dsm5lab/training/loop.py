@@ -30,7 +30,7 @@ from dsm5lab.models.backbone import build_backbone
 from dsm5lab.models.multitask import ModelSpec, MultiTaskModel
 from dsm5lab.progress import progress
 from dsm5lab.tracking import flatten
-from dsm5lab.training.checkpoint import CheckpointManager, clear_run, load_checkpoint, peek_state
+from dsm5lab.training.checkpoint import CheckpointManager, clear_run, load_checkpoint, mode_for, peek_state
 from dsm5lab.training.encoding import Encoder, EncodeSpec, Group, bucket_batches, collate
 from dsm5lab.training.inference import autocast_for, predict, to_device, validation_metrics
 from dsm5lab.training.objective import class_weights, objective
@@ -213,7 +213,7 @@ def fit(
     if not resume:
         clear_run(paths.checkpoints)
     manager = CheckpointManager(paths.checkpoints, keep_last_n=t.checkpoint.keep_last_n,
-                                keep_best_k=t.checkpoint.keep_best_k, mode="min" if metric == "val/loss" else "max",
+                                keep_best_k=t.checkpoint.keep_best_k, mode=mode_for(metric),
                                 min_free_gb=t.checkpoint.min_free_gb, run=paths.checkpoints.name)
     resumed = peek_state(manager.latest) if resume and manager.latest is not None else None
     micro, accum = t.batch_size, t.grad_accum_steps
@@ -237,7 +237,7 @@ def fit(
                         "train.micro_batch": micro, "train.accumulation": accum})
     model_config = {"spec": spec.to_dict(), "backbone": m.backbone}
     n_params = sum(p.numel() for p in model.parameters())
-    higher = metric != "val/loss"
+    higher = mode_for(metric) == "max"
 
     def improved(score: float) -> bool:
         best = state["best_score"]
