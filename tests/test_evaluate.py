@@ -178,6 +178,16 @@ def test_predict_bad_input(project, cli, args, fragment):
     assert result.exit_code == 2 and fragment in result.stderr
 
 
+@pytest.mark.parametrize("content,fragment", [
+    ('{"text": "fine"}\n{"text": "cut off\n', "in.jsonl line 2 is not valid JSON"),
+    ('{"body": "no text field"}\n', "in.jsonl line 1 has no string field 'text'"),
+])
+def test_predict_bad_jsonl_is_one_line(project, cli, content, fragment):
+    Path("in.jsonl").write_text(content)
+    result = cli("predict", "--file", "in.jsonl")
+    assert result.exit_code == 2 and fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
 def test_predict_csv_without_text_column(project, cli):
     Path("in.csv").write_text("body\nhello\n")
     result = cli("predict", "--file", "in.csv")

@@ -334,6 +334,22 @@ def test_an_empty_pool_is_one_error_line_and_writes_nothing(tmp_path, cli, monke
     assert not (root / retention.METRICS_FILE).exists() and not (root / retention.OUT_DIR).exists()
 
 
+@pytest.mark.parametrize("line, needle", [
+    ('{"run": "train", "step": 10', "checkpoints/train/registry.jsonl line 2 is not valid JSON"),
+    ('["step-00000010"]', "checkpoints/train/registry.jsonl line 2 is not a checkpoint record"),
+])
+def test_a_corrupt_registry_is_one_error_line_and_deletes_nothing(tmp_path, cli, monkeypatch, line, needle):
+    root = project(tmp_path, keep_best_k=1, keep_last_n=0)
+    registry = root / "checkpoints/train" / REGISTRY
+    registry.write_text(registry.read_text().splitlines()[0] + "\n" + line + "\n")
+    monkeypatch.chdir(root)
+    everything = on_disk(root)
+    result = cli("retention")
+    assert result.exit_code == 2 and needle in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert on_disk(root) == everything and not (root / retention.METRICS_FILE).exists()
+
+
 @pytest.mark.parametrize("override, needle", [
     ("retention.keep_best_k=0", "retention.keep_best_k: Input should be greater than or equal to 1"),
     ("retention.keep_last_n=-1", "retention.keep_last_n"),

@@ -262,6 +262,15 @@ def test_resume_keeps_dvclive_steps_and_the_mlflow_run(tmp_path, mlflow_uri):
     assert json.loads((tmp_path / "live" / "metrics.json").read_text())["step"] == 3
 
 
+def test_a_corrupt_buffer_is_one_error_line_and_is_not_replayed(tmp_path, cli):
+    buffer = tmp_path / BUFFER
+    buffer.write_text('{"type": "start"}\n\n{"type": "metric", "key": "a"\n')  # cut off mid-write
+    result = cli("tracking", "replay", "--buffer", buffer)
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: tracking replay: {buffer} line 3 is not valid JSON (Expecting ',' delimiter)"
+    assert buffer.exists() and not list(tmp_path.glob("*.replayed"))
+
+
 def test_a_fresh_run_does_not_append_to_an_old_buffer(tmp_path):
     s = settings(tmp_path, UNREACHABLE, "fresh", live_dir=None)
     for _ in range(2):

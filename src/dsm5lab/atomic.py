@@ -1,4 +1,5 @@
-"""Write outputs so that a failure never leaves a half-written file or folder behind."""
+"""File I/O: outputs written so that a failure never leaves a half-written file or folder behind, and
+JSON-lines input read with one-line errors."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from dsm5lab.errors import UserError
 
 
 @contextmanager
@@ -61,3 +64,22 @@ def write_text(path: Path, text: str) -> None:
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically with sorted-free, stable formatting (2-space indent, final newline)."""
     write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_jsonl(path: Path, what: str, text: str | None = None) -> list[tuple[int, Any]]:
+    """(line number, value) for every non-blank line of a JSON-lines file (or of `text`, read from it).
+
+    A line that is not JSON is a UserError naming `what`, the file and the line.
+    """
+    path = Path(path)
+    if text is None:
+        text = path.read_text(encoding="utf-8")
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((n, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{what}: {path} line {n} is not valid JSON ({exc.msg})") from None
+    return out

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dsm5lab.atomic import read_jsonl
 from dsm5lab.data.labels import ANNOTATION_LABELS, POST_LABELS, SYMPTOMS
 from dsm5lab.data.segment import segment
 from dsm5lab.errors import UserError
@@ -40,13 +41,7 @@ def read_file(path: Path, text_column: str) -> list[tuple[str, str]]:
         return [(str(i), line) for i, line in enumerate(raw.splitlines()) if line.strip()]
     if suffix == ".jsonl":
         out = []
-        for n, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"--file: {path} line {n} is not JSON ({exc.msg})") from None
+        for n, obj in read_jsonl(path, "--file", text=raw):
             if not isinstance(obj, dict) or not isinstance(obj.get(text_column), str):
                 raise UserError(f"--file: {path} line {n} has no string field {text_column!r}")
             out.append((str(obj.get("id", n - 1)), obj[text_column]))

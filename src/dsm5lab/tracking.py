@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from dsm5lab.atomic import read_jsonl
 from dsm5lab.progress import quiet
 
 log = logging.getLogger("dsm5lab.tracking")
@@ -333,8 +334,7 @@ def replay(buffer_path: Path, uri: str | None = None) -> int:
         return sum(replay(p, uri) for p in found)
     if not buffer_path.exists():
         return 0
-    lines = buffer_path.read_text(encoding="utf-8").splitlines()
-    records = [json.loads(line) for line in lines if line.strip()]
+    records = [record for _, record in read_jsonl(buffer_path, "tracking replay")]
     if records:
         client = _client(resolve_uri(uri or records[0].get("uri")))
         run_id = _replay_run(client, records)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dsm5lab.atomic import staged_dir, write_json, write_text
+from dsm5lab.atomic import read_jsonl, staged_dir, write_json, write_text
 from dsm5lab.errors import UserError
 
 FILES = ("model.safetensors", "config.json", "trainer_state.pt", "meta.json")
@@ -324,13 +324,7 @@ class CheckpointManager:
         if not reg.exists():
             return []
         records = []
-        for n, line in enumerate(reg.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"checkpoint: {reg} line {n} is not valid JSON ({exc.msg})") from exc
+        for n, record in read_jsonl(reg, "checkpoint"):
             if not isinstance(record, dict) or not isinstance(record.get("path"), str) \
                     or not isinstance(record.get("step"), int):
                 raise UserError(f"checkpoint: {reg} line {n} is not a checkpoint record "
