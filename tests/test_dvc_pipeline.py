@@ -109,7 +109,7 @@ def check_retention(repo: Path, env: dict, study: str) -> None:
     # a second run deletes nothing and tracks the same set; the pipeline stays up to date
     sh("dvc", "repro", "-f", "retention", cwd=repo, env=env)
     again = json.loads((repo / "reports/retention/manifest.json").read_text())
-    assert again["deleted"] == [] and again["tracked"] == manifest["tracked"]
+    assert again["deleted"] == [] and again["kept"] == manifest["kept"]
     assert "up to date" in sh("dvc", "status", cwd=repo, env=env)
 
 

@@ -107,7 +107,7 @@ def test_keeps_the_best_k_across_runs_tracks_them_and_reports_the_reduction(tmp_
         left = [json.loads(line)["path"] for line in (root / "checkpoints" / run / REGISTRY).read_text().splitlines()]
         assert {(run, p) for p in left} == {x for x in on_disk(root) if x[0] == run}
 
-    assert [e["score"] for e in manifest["tracked"]] == [0.8, 0.7, 0.65]
+    assert [e["score"] for e in manifest["kept"]] == [0.8, 0.7, 0.65]
     assert len(manifest["deleted"]) == 4 and {e["reasons"][0] for e in manifest["deleted"]} == {"policy"}
     metrics = json.loads((root / retention.METRICS_FILE).read_text())
     assert metrics["bytes"]["before"] == before
@@ -125,7 +125,7 @@ def test_a_second_run_deletes_nothing_and_tracks_the_same_set(tmp_path):
     files = sorted(p.relative_to(root).as_posix() for p in (root / retention.OUT_DIR).rglob("*"))
     second = retention.run(params_of(root), root)
     assert second["deleted"] == [] and second["reduction_pct"] == 0.0
-    assert second["tracked"] == first["tracked"]
+    assert second["kept"] == first["kept"]
     assert sorted(p.relative_to(root).as_posix() for p in (root / retention.OUT_DIR).rglob("*")) == files
 
 

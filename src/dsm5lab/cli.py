@@ -297,7 +297,7 @@ def retention(
     for s in m["skipped"]:
         typer.echo(f"retention: warning: left {s['run']} alone: {s['reason']}", err=True)
     rows = [("-" if t["rank"] is None else str(t["rank"] + 1), t["run"], str(t["step"]),
-             "-" if t["score"] is None else f"{t['score']:.4f}", "+".join(t["reasons"])) for t in m["tracked"]]
+             "-" if t["score"] is None else f"{t['score']:.4f}", "+".join(t["reasons"])) for t in m["kept"]]
     where = "(plan only)" if dry_run else f"-> {stage.OUT_DIR}"
     _print_table(f"retention: {len(rows)} kept by {m['policy']['metric']} {where}",
                  ("rank", "run", "step", "score", "kept as"), rows)

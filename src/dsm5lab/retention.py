@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ class Run:
     name: str  # path relative to the pool, e.g. "train" or "hpo/dsm5lab-9f60df8a/trial-0003"
     manager: CheckpointManager
 
-    @property
+    @cached_property
     def records(self) -> list[dict]:
         """The run's checkpoints with `run` set to the pool-relative name (unique across runs)."""
         return [{**r, "run": self.name} for r in self.manager.records]
@@ -114,23 +115,20 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def _copy_checkpoint(src: Path, dst: Path) -> None:
-    """Copy one checkpoint folder and check every file arrived whole (size for size)."""
+def _copytree(src: Path, dst: Path) -> None:
     try:
         shutil.copytree(src, dst)
     except OSError as exc:
         raise UserError(f"retention: copying {src} failed ({exc.strerror or exc}); nothing was deleted") from None
+
+
+def _copy_checkpoint(src: Path, dst: Path) -> None:
+    """Copy one checkpoint folder and check every file arrived whole (size for size)."""
+    _copytree(src, dst)
     for name in FILES:
         a, b = src / name, dst / name
         if not b.is_file() or a.stat().st_size != b.stat().st_size:
             raise UserError(f"retention: copying {src} to {dst} left {name} incomplete; nothing was deleted")
-
-
-def _copy_assets(src: Path, dst: Path) -> None:
-    try:
-        shutil.copytree(src, dst)
-    except OSError as exc:
-        raise UserError(f"retention: copying {src} failed ({exc.strerror or exc}); nothing was deleted") from None
 
 
 def write_tracked(out: Path, pool: Path, tracked: list[Decision], index: list[dict]) -> None:
@@ -142,7 +140,7 @@ def write_tracked(out: Path, pool: Path, tracked: list[Decision], index: list[di
             _copy_checkpoint(src, dst)
             assets = pool / r["run"] / ASSETS
             if assets.is_dir() and not (dst.parent / ASSETS).exists():
-                _copy_assets(assets, dst.parent / ASSETS)
+                _copytree(assets, dst.parent / ASSETS)
         atomic.write_json(tmp / INDEX, index)
 
 
@@ -208,9 +206,7 @@ def run(params: Params, root: Path = Path("."), dry_run: bool | None = None, wri
     kept = sorted((d for d in decisions if d.keep),
                   key=lambda d: (d.rank is None, d.rank or 0, d.record["run"], d.record["step"]))
     dropped = [d for d in decisions if not d.keep]
-    index = [{"rank": d.rank, "run": d.record["run"], "step": d.record["step"], "epoch": d.record.get("epoch"),
-              "score": d.record["score"], "metric": metric, "reasons": list(d.reasons),
-              "path": f"{d.record['run']}/{d.record['path']}"} for d in kept]
+    index = [{**_entry(d), "path": f"{d.record['run']}/{d.record['path']}"} for d in kept]
     if write:
         write_tracked(root / OUT_DIR, pool, kept, index)
     if not dry:
@@ -227,8 +223,7 @@ def run(params: Params, root: Path = Path("."), dry_run: bool | None = None, wri
         "policy": {**rp.model_dump(), "dry_run": dry, "metric": metric, "mode": mode},
         "pool": params.train.checkpoint.dir,
         "study": study,
-        "tracked": index,
-        "kept": [_entry(d) for d in kept],
+        "kept": index,  # = stages/retention/index.json: everything kept is tracked
         "would_delete" if dry else "deleted": [_entry(d) for d in dropped],
         "other_metric": [{"run": r["run"], "step": r["step"], "metric": r.get("metric"), "score": r.get("score"),
                           "bytes": int(r.get("bytes") or 0)} for r in other_metric],
