@@ -140,6 +140,8 @@ def test_keep_last_n_keeps_each_runs_latest_and_tracks_it_after_the_best(tmp_pat
                              (f"hpo/{STUDY}/trial-0002", "step-00000010")}
     assert all((root / retention.OUT_DIR / run / f"step-{step:08d}" / "model.safetensors").is_file()
                for run, step in tracked(root))
+    counts = json.loads((root / retention.METRICS_FILE).read_text())["checkpoints"]
+    assert counts == {"before": 7, "kept": 4, "best_k": 1, "deleted": 3}  # ranked last-N ones are not best-K
     reasons = {(e["run"], e["step"]): e["reasons"] for e in manifest["kept"]}
     assert reasons[(f"hpo/{STUDY}/trial-0000", 20)] == ["best", "last_n"]
     assert reasons[("train", 30)] == ["last_n"]

@@ -198,7 +198,7 @@ def run(params: Params, root: Path = Path("."), dry_run: bool | None = None, wri
                         "is scratch space that `dvc checkout` does not restore: re-create it with "
                         "`dvc repro -f train` (or set retention.scope: all)")
     max_bytes = None if rp.max_total_gb is None else int(rp.max_total_gb * 1e9)
-    decisions = decide_retention(records, rp.keep_best_k, rp.keep_last_n, mode, max_bytes=max_bytes, metric=metric)
+    decisions = decide_retention(records, rp.keep_best_k, rp.keep_last_n, mode, max_bytes=max_bytes)
     if all(d.rank is None for d in decisions):
         raise UserError(f"retention: none of the {len(records)} checkpoints in scope has a finite {metric} on the "
                         "val split (diverged runs or cross-validation folds only): nothing to rank, nothing deleted")
@@ -240,7 +240,8 @@ def run(params: Params, root: Path = Path("."), dry_run: bool | None = None, wri
         return manifest
     metrics = {
         "checkpoints": {"before": len(records) + len(other_metric), "kept": len(kept),
-                        "best_k": sum(d.rank is not None for d in kept), "deleted": 0 if dry else len(dropped)},
+                        "best_k": sum(not {"best", "best_k"}.isdisjoint(d.reasons) for d in kept),
+                        "deleted": 0 if dry else len(dropped)},
         "bytes": manifest["bytes"],
         "reduction_pct": reduction,
         "best_score": round(float(kept[0].record["score"]), 6),
