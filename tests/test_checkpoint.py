@@ -1,4 +1,4 @@
-"""Checkpoints: retention policy, atomic save/load with RNG, crash recovery, the manager, the disk guard."""
+"""Checkpoints: retention policy, atomic save/load with RNG, crash recovery, manager and registry, disk guard."""
 
 from __future__ import annotations
 
@@ -14,14 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dsm5lab.errors import UserError
+from dsm5lab.pool.policy import plan_retention
+from dsm5lab.pool.registry import FILES, REGISTRY, Registry
 from dsm5lab.training import checkpoint as ckpt
-from dsm5lab.training.checkpoint import (
-    CheckpointManager,
-    check_free_space,
-    load_checkpoint,
-    plan_retention,
-    save_checkpoint,
-)
+from dsm5lab.training.checkpoint import CheckpointManager, check_free_space, load_checkpoint, save_checkpoint
 
 
 def rec(step, score, run="a"):
@@ -352,3 +348,45 @@ def test_disk_guard(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="min_free_gb"):
         save_all(manager, make_trainer().model, [0.1])
     assert not list((tmp_path / "ckpts").iterdir())
+
+
+# --- Registry --------------------------------------------------------------------------------------
+
+
+def fake_checkpoint(root, step, **meta):
+    """A complete checkpoint folder as far as the registry can tell: every file present, meta.json read."""
+    d = root / f"step-{step:08d}"
+    d.mkdir(parents=True)
+    for name in FILES:
+        (d / name).write_text("x")
+    (d / "meta.json").write_text(json.dumps({"step": step, **meta}))
+    return d
+
+
+def test_registry_read_only_creates_and_clears_nothing(tmp_path):
+    assert Registry(tmp_path / "absent", read_only=True).records == []
+    assert not (tmp_path / "absent").exists()
+    d = fake_checkpoint(tmp_path, 3, run="r", score=0.4, metric="m")  # unregistered: adopted in memory only
+    leftovers = [tmp_path / ".step-00000004.tmp-1", tmp_path / f".{REGISTRY}.tmp-1"]
+    leftovers[0].mkdir()
+    leftovers[1].write_text("")
+    reg = Registry(tmp_path, read_only=True)
+    assert [(r["run"], r["step"], r["score"]) for r in reg.records] == [("r", 3, 0.4)]
+    assert reg.latest("r") == d
+    with pytest.raises(RuntimeError, match="read-only"):
+        reg.remove(reg.records)
+    assert d.is_dir() and all(p.exists() for p in leftovers) and not (tmp_path / REGISTRY).exists()
+    Registry(tmp_path)  # a writer clears what killed writes left
+    assert not any(p.exists() for p in leftovers)
+
+
+@pytest.mark.parametrize("line, needle", [
+    ('{"path": "step-00000001", "step": 1', "line 2 is not valid JSON"),
+    ('{"path": "step-00000001", "step": "1"}', "line 2 is not a checkpoint record"),
+])
+def test_registry_malformed_line_is_one_user_error_line(tmp_path, line, needle):
+    fake_checkpoint(tmp_path, 1)
+    (tmp_path / REGISTRY).write_text('{"path": "step-00000001", "step": 1}\n' + line + "\n")
+    with pytest.raises(UserError) as err:
+        Registry(tmp_path, read_only=True)
+    assert needle in str(err.value) and len(str(err.value).splitlines()) == 1

@@ -69,7 +69,7 @@ def test_an_invalid_report_fails(project):
 
 def test_thresholds_only_ever_see_validation(project, monkeypatch):
     """tune_thresholds receives exactly the validation predictions, and test changes cannot move them."""
-    from dsm5lab.evaluation import evaluate as ev
+    from dsm5lab.evaluation import views as ev
     from dsm5lab.evaluation import stage
 
     seen = []

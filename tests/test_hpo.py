@@ -12,7 +12,7 @@ import yaml
 from conftest import default_params
 from dsm5lab.config import validate
 from dsm5lab.errors import UserError
-from dsm5lab.hpo.objective import Reporter
+from dsm5lab.hpo.trial import Reporter
 from dsm5lab.hpo.space import fingerprint, resolved_values, suggest
 from dsm5lab.hpo.study import make_pruner
 from hpo_helpers import load_study, make_project, tiny_params

@@ -10,7 +10,7 @@ import uuid
 import optuna
 import pytest
 
-from dsm5lab.hpo.schema import StaleConfig
+from dsm5lab.config.hpo import StaleConfig
 from dsm5lab.hpo.storage import finished_count, open_storage
 from hpo_helpers import dsm5lab, load_study, make_project
 

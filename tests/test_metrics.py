@@ -11,7 +11,7 @@ import pytest
 from sklearn import metrics as skm
 
 from dsm5lab.evaluation.evidence_metrics import ranking_metrics, sentence_prf, span_scores
-from dsm5lab.evaluation.metrics import (
+from dsm5lab.metrics import (
     auroc,
     average_precision,
     bootstrap_ci,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,10 +21,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import default_params
-from dsm5lab import retention
+from dsm5lab import layout
 from dsm5lab.config import apply_overrides, validate
 from dsm5lab.errors import UserError
-from dsm5lab.training.checkpoint import FILES, REGISTRY, CheckpointManager, decide_retention, load_checkpoint
+from dsm5lab import retention as stage
+from dsm5lab.pool.policy import decide_retention
+from dsm5lab.pool.registry import FILES, REGISTRY, Registry
+from dsm5lab.training.checkpoint import CheckpointManager, load_checkpoint
 
 STUDY = "dsm5lab-0123abcd"
 METRIC = "val/macro_f1"
@@ -84,20 +89,20 @@ def on_disk(root: Path) -> set[tuple[str, str]]:
 
 
 def tracked(root: Path) -> list[tuple[str, int]]:
-    index = json.loads((root / retention.OUT_DIR / retention.INDEX).read_text())
+    index = json.loads((root / layout.RETAINED / stage.INDEX).read_text())
     return [(e["run"], e["step"]) for e in index]
 
 
 def test_keeps_the_best_k_across_runs_tracks_them_and_reports_the_reduction(tmp_path):
     root = project(tmp_path, keep_best_k=3, keep_last_n=0)
     before = sum(f.stat().st_size for f in (root / "checkpoints").rglob("step-*/*"))
-    manifest = retention.run(params_of(root), root)
+    manifest = stage.run(params_of(root), root)
 
     best3 = [(f"hpo/{STUDY}/trial-0000", 20), ("train", 20), (f"hpo/{STUDY}/trial-0001", 10)]
     assert tracked(root) == best3
     assert on_disk(root) == {(run, f"step-{step:08d}") for run, step in best3}
     for run, step in best3:  # a whole, loadable checkpoint with its run's assets beside it
-        out = root / retention.OUT_DIR / run / f"step-{step:08d}"
+        out = root / layout.RETAINED / run / f"step-{step:08d}"
         assert all((out / f).is_file() for f in FILES)
         assert (out.parent / "assets" / "config.json").is_file()
         state = load_checkpoint(out, tiny_model(), restore_rng=False)
@@ -109,38 +114,38 @@ def test_keeps_the_best_k_across_runs_tracks_them_and_reports_the_reduction(tmp_
 
     assert [e["score"] for e in manifest["kept"]] == [0.8, 0.7, 0.65]
     assert len(manifest["deleted"]) == 4 and {e["reasons"][0] for e in manifest["deleted"]} == {"policy"}
-    metrics = json.loads((root / retention.METRICS_FILE).read_text())
+    metrics = json.loads((root / layout.RETENTION_METRICS).read_text())
     assert metrics["bytes"]["before"] == before
     assert metrics["bytes"]["after"] == sum(f.stat().st_size for f in (root / "checkpoints").rglob("step-*/*"))
     expected = round(100 * (before - metrics["bytes"]["after"]) / before, 2)
     assert metrics["reduction_pct"] == expected and 40 < expected < 60  # 4 of 7 equal-sized checkpoints
     assert metrics["checkpoints"] == {"before": 7, "kept": 3, "best_k": 3, "deleted": 4}
     assert metrics["best_score"] == 0.8
-    assert json.loads((root / retention.MANIFEST).read_text()) == manifest
+    assert json.loads((root / layout.RETENTION_MANIFEST).read_text()) == manifest
 
 
 def test_a_second_run_deletes_nothing_and_tracks_the_same_set(tmp_path):
     root = project(tmp_path, keep_best_k=2, keep_last_n=0)
-    first = retention.run(params_of(root), root)
-    files = sorted(p.relative_to(root).as_posix() for p in (root / retention.OUT_DIR).rglob("*"))
-    second = retention.run(params_of(root), root)
+    first = stage.run(params_of(root), root)
+    files = sorted(p.relative_to(root).as_posix() for p in (root / layout.RETAINED).rglob("*"))
+    second = stage.run(params_of(root), root)
     assert second["deleted"] == [] and second["reduction_pct"] == 0.0
     assert second["kept"] == first["kept"]
-    assert sorted(p.relative_to(root).as_posix() for p in (root / retention.OUT_DIR).rglob("*")) == files
+    assert sorted(p.relative_to(root).as_posix() for p in (root / layout.RETAINED).rglob("*")) == files
 
 
 def test_keep_last_n_keeps_each_runs_latest_and_tracks_it_after_the_best(tmp_path):
     root = project(tmp_path, keep_best_k=1, keep_last_n=1)
-    manifest = retention.run(params_of(root), root)
+    manifest = stage.run(params_of(root), root)
     # the best, then the last of every other run (trial-0000's last is its best), by rank, unscored last
     assert tracked(root) == [(f"hpo/{STUDY}/trial-0000", 20), (f"hpo/{STUDY}/trial-0001", 10),
                              ("train", 30), (f"hpo/{STUDY}/trial-0002", 10)]
     assert on_disk(root) == {("train", "step-00000030"), (f"hpo/{STUDY}/trial-0000", "step-00000020"),
                              (f"hpo/{STUDY}/trial-0001", "step-00000010"),
                              (f"hpo/{STUDY}/trial-0002", "step-00000010")}
-    assert all((root / retention.OUT_DIR / run / f"step-{step:08d}" / "model.safetensors").is_file()
+    assert all((root / layout.RETAINED / run / f"step-{step:08d}" / "model.safetensors").is_file()
                for run, step in tracked(root))
-    counts = json.loads((root / retention.METRICS_FILE).read_text())["checkpoints"]
+    counts = json.loads((root / layout.RETENTION_METRICS).read_text())["checkpoints"]
     assert counts == {"before": 7, "kept": 4, "best_k": 1, "deleted": 3}  # ranked last-N ones are not best-K
     reasons = {(e["run"], e["step"]): e["reasons"] for e in manifest["kept"]}
     assert reasons[(f"hpo/{STUDY}/trial-0000", 20)] == ["best", "last_n"]
@@ -153,12 +158,12 @@ def test_size_budget_drops_the_lowest_ranked_first_and_never_the_best(tmp_path):
     # room for two checkpoints: the third best goes
     root.joinpath("params.yaml").write_text(root.joinpath("params.yaml").read_text().replace(
         "max_total_gb: null", f"max_total_gb: {2.5 * one / 1e9}"))
-    manifest = retention.run(params_of(root), root)
+    manifest = stage.run(params_of(root), root)
     assert tracked(root) == [(f"hpo/{STUDY}/trial-0000", 20), ("train", 20)]
     budget = [(e["run"], e["step"]) for e in manifest["deleted"] if e["reasons"] == ["budget"]]
     assert budget == [(f"hpo/{STUDY}/trial-0001", 10)]
     # a budget below one checkpoint still keeps the best
-    manifest = retention.run(params_of(root, "retention.max_total_gb=1e-9"), root)
+    manifest = stage.run(params_of(root, "retention.max_total_gb=1e-9"), root)
     assert tracked(root) == [(f"hpo/{STUDY}/trial-0000", 20)]
     assert on_disk(root) == {(f"hpo/{STUDY}/trial-0000", "step-00000020")}
 
@@ -183,12 +188,12 @@ def test_dry_run_param_deletes_nothing_but_reports_and_tracks(tmp_path, cli, mon
     result = cli("retention", "--set", "retention.dry_run=true")
     assert result.exit_code == 0, result.output
     assert on_disk(root) == everything
-    manifest = json.loads((root / retention.MANIFEST).read_text())
+    manifest = json.loads((root / layout.RETENTION_MANIFEST).read_text())
     assert manifest["policy"]["dry_run"] is True and len(manifest["would_delete"]) == 5
     assert manifest["would_free_bytes"] > 0 and manifest["bytes"]["after"] == manifest["bytes"]["before"]
     assert tracked(root) == [(f"hpo/{STUDY}/trial-0000", 20), ("train", 20)]
     result = cli("retention")  # the real run deletes exactly what the dry run listed
-    deleted = json.loads((root / retention.MANIFEST).read_text())["deleted"]
+    deleted = json.loads((root / layout.RETENTION_MANIFEST).read_text())["deleted"]
     assert [(e["run"], e["step"]) for e in deleted] == [(e["run"], e["step"]) for e in manifest["would_delete"]]
 
 
@@ -197,20 +202,20 @@ def test_scope_current_leaves_other_studies_alone_and_all_ranks_them(tmp_path):
     fill_pool(root, {"hpo/dsm5lab-oldstudy/trial-0000": [0.99, 0.1], "scratch-run": [0.95]})
     writing = root / "checkpoints/scratch-run/.step-00000099.tmp-123"  # another process mid-save
     writing.mkdir()
-    manifest = retention.run(params_of(root), root)
+    manifest = stage.run(params_of(root), root)
     assert writing.is_dir()  # out of scope: not even its temp folders are touched
     assert tracked(root) == [(f"hpo/{STUDY}/trial-0000", 20)]
     assert {e["run"] for e in manifest["out_of_scope"]} == {"hpo/dsm5lab-oldstudy/trial-0000", "scratch-run"}
     assert {("hpo/dsm5lab-oldstudy/trial-0000", "step-00000010"), ("hpo/dsm5lab-oldstudy/trial-0000", "step-00000020"),
             ("scratch-run", "step-00000010")} <= on_disk(root)
-    retention.run(params_of(root, "retention.scope=all"), root)
+    stage.run(params_of(root, "retention.scope=all"), root)
     assert tracked(root) == [("hpo/dsm5lab-oldstudy/trial-0000", 10)]
     assert on_disk(root) == {("hpo/dsm5lab-oldstudy/trial-0000", "step-00000010")}
 
 
 def test_without_an_hpo_study_only_the_train_run_is_in_scope(tmp_path):
     root = project(tmp_path, study=None, keep_best_k=5, keep_last_n=0)
-    manifest = retention.run(params_of(root), root)
+    manifest = stage.run(params_of(root), root)
     assert manifest["study"] is None
     assert tracked(root) == [("train", 20), ("train", 30), ("train", 10)]
     assert len(manifest["out_of_scope"]) == 3
@@ -219,7 +224,7 @@ def test_without_an_hpo_study_only_the_train_run_is_in_scope(tmp_path):
 def test_checkpoints_scored_on_another_metric_are_neither_ranked_nor_deleted(tmp_path):
     root = project(tmp_path, keep_best_k=2, keep_last_n=0)
     fill_pool(root, {f"hpo/{STUDY}/trial-0003": [0.99, 0.1]}, metric="val/sentence_macro_f1")
-    manifest = retention.run(params_of(root), root)
+    manifest = stage.run(params_of(root), root)
     assert (f"hpo/{STUDY}/trial-0003", 10) not in tracked(root)
     assert {(f"hpo/{STUDY}/trial-0003", "step-00000010"), (f"hpo/{STUDY}/trial-0003", "step-00000020")} <= on_disk(root)
     assert [(e["run"], e["step"], e["metric"]) for e in manifest["other_metric"]] == [
@@ -230,7 +235,7 @@ def test_cross_validation_folds_are_not_ranked_against_the_val_split(tmp_path):
     """A fold's score is on its own fold: a lucky fold must not become the tracked best."""
     root = project(tmp_path, keep_best_k=2, keep_last_n=0)
     fill_pool(root, {f"hpo/{STUDY}/trial-0004/fold-0": [0.97], f"hpo/{STUDY}/trial-0004/fold-1": [0.2]})
-    manifest = retention.run(params_of(root), root)
+    manifest = stage.run(params_of(root), root)
     assert tracked(root) == [(f"hpo/{STUDY}/trial-0000", 20), ("train", 20)]
     folds = [e for e in manifest["deleted"] if "/fold-" in e["run"]]
     assert sorted(e["fold_score"] for e in folds) == [0.2, 0.97] and all(e["rank"] is None for e in folds)
@@ -240,7 +245,7 @@ def test_a_train_run_that_does_not_match_metrics_train_json_is_left_alone(tmp_pa
     """checkpoints/train from another branch or params: not ranked, not deleted, reported."""
     root = project(tmp_path, keep_best_k=2, keep_last_n=0)
     write_train_metrics(root, 80, 0.91)  # the checked-out model came from a run whose best was step 80
-    manifest = retention.run(params_of(root), root)
+    manifest = stage.run(params_of(root), root)
     assert all(run != "train" for run, _ in tracked(root))
     assert {("train", f"step-000000{n}") for n in (10, 20, 30)} <= on_disk(root)
     assert manifest["skipped"][0]["run"] == "train" and "step 80" in manifest["skipped"][0]["reason"]
@@ -253,12 +258,12 @@ def test_nothing_scored_is_an_error_and_deletes_nothing(tmp_path, cli, monkeypat
     everything = on_disk(root)
     result = cli("retention")
     assert result.exit_code == 2 and "none of the 3 checkpoints in scope has a finite val/macro_f1" in result.output
-    assert on_disk(root) == everything and not (root / retention.METRICS_FILE).exists()
+    assert on_disk(root) == everything and not (root / layout.RETENTION_METRICS).exists()
 
 
 def test_a_failed_copy_deletes_nothing_and_leaves_the_previous_out(tmp_path, monkeypatch):
     root = project(tmp_path, keep_best_k=2, keep_last_n=0)
-    retention.run(params_of(root, "retention.dry_run=true"), root)
+    stage.run(params_of(root, "retention.dry_run=true"), root)
     previous = tracked(root)
     everything = on_disk(root)
     copies = []
@@ -269,9 +274,9 @@ def test_a_failed_copy_deletes_nothing_and_leaves_the_previous_out(tmp_path, mon
             raise OSError(28, "No space left on device")
         shutil.copytree(src, dst)
 
-    monkeypatch.setattr(retention, "_copy_checkpoint", flaky_copy)
+    monkeypatch.setattr(stage, "_copy_checkpoint", flaky_copy)
     with pytest.raises(OSError):
-        retention.run(params_of(root, "retention.keep_best_k=3"), root)
+        stage.run(params_of(root, "retention.keep_best_k=3"), root)
     assert on_disk(root) == everything  # the kept set was not complete: nothing deleted
     assert tracked(root) == previous  # the out is the previous one, whole
     assert not list((root / "stages").glob(".retention.tmp-*"))
@@ -280,10 +285,10 @@ def test_a_failed_copy_deletes_nothing_and_leaves_the_previous_out(tmp_path, mon
 def test_killed_while_deleting_then_rerun_finishes_the_same_plan(tmp_path, monkeypatch):
     """A kill between runs' deletions: the out is already complete; a re-run deletes the rest, nothing more."""
     reference = project(tmp_path / "ref", keep_best_k=2, keep_last_n=0)
-    retention.run(params_of(reference), reference)
+    stage.run(params_of(reference), reference)
 
     root = project(tmp_path / "p", keep_best_k=2, keep_last_n=0)
-    real_remove = CheckpointManager.remove
+    real_remove = Registry.remove
     calls = []
 
     def killed_after_first(self, records):
@@ -292,25 +297,25 @@ def test_killed_while_deleting_then_rerun_finishes_the_same_plan(tmp_path, monke
         calls.append(self.root)
         real_remove(self, records)
 
-    monkeypatch.setattr(CheckpointManager, "remove", killed_after_first)
+    monkeypatch.setattr(Registry, "remove", killed_after_first)
     with pytest.raises(KeyboardInterrupt):
-        retention.run(params_of(root), root)
+        stage.run(params_of(root), root)
     assert tracked(root) == tracked(reference)  # the tracked set was complete before any deletion
     assert on_disk(root) > on_disk(reference)
-    monkeypatch.setattr(CheckpointManager, "remove", real_remove)
-    retention.run(params_of(root), root)
+    monkeypatch.setattr(Registry, "remove", real_remove)
+    stage.run(params_of(root), root)
     assert on_disk(root) == on_disk(reference) and tracked(root) == tracked(reference)
 
 
 def test_killed_after_the_registry_rewrite_but_before_the_folder_went(tmp_path):
     """The registry no longer lists a checkpoint that is still whole on disk: the next run adopts and deletes it."""
     reference = project(tmp_path / "ref", keep_best_k=2, keep_last_n=0)
-    retention.run(params_of(reference), reference)
+    stage.run(params_of(reference), reference)
     root = project(tmp_path / "p", keep_best_k=2, keep_last_n=0)
     registry = root / "checkpoints/train" / REGISTRY
     registry.write_text("".join(line + "\n" for line in registry.read_text().splitlines()
                                 if '"step-00000010"' not in line))
-    manifest = retention.run(params_of(root), root)
+    manifest = stage.run(params_of(root), root)
     assert ("train", 10) in {(e["run"], e["step"]) for e in manifest["deleted"]}
     assert on_disk(root) == on_disk(reference) and tracked(root) == tracked(reference)
 
@@ -320,7 +325,7 @@ def test_a_deletion_interrupted_inside_a_folder_is_cleaned_up_next_time(tmp_path
     root = project(tmp_path, keep_best_k=2, keep_last_n=0)
     victim = root / "checkpoints/train/step-00000010"
     victim.rename(victim.with_name(".step-00000010.tmp-gc-1"))
-    manifest = retention.run(params_of(root), root)
+    manifest = stage.run(params_of(root), root)
     assert not list((root / "checkpoints/train").glob(".*tmp-gc*"))
     assert ("train", 10) not in {(e["run"], e["step"]) for e in manifest["deleted"] + manifest["kept"]}
 
@@ -333,7 +338,7 @@ def test_an_empty_pool_is_one_error_line_and_writes_nothing(tmp_path, cli, monke
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: retention: no checkpoints in checkpoints")
     assert "dvc repro -f train" in lines[0]
-    assert not (root / retention.METRICS_FILE).exists() and not (root / retention.OUT_DIR).exists()
+    assert not (root / layout.RETENTION_METRICS).exists() and not (root / layout.RETAINED).exists()
 
 
 @pytest.mark.parametrize("line, needle", [
@@ -349,7 +354,7 @@ def test_a_corrupt_registry_is_one_error_line_and_deletes_nothing(tmp_path, cli,
     result = cli("retention")
     assert result.exit_code == 2 and needle in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1
-    assert on_disk(root) == everything and not (root / retention.METRICS_FILE).exists()
+    assert on_disk(root) == everything and not (root / layout.RETENTION_METRICS).exists()
 
 
 @pytest.mark.parametrize("override, needle", [
@@ -365,7 +370,41 @@ def test_bad_policy_params_are_one_line_each(tmp_path, cli, monkeypatch, overrid
     result = cli("retention", "--set", override)
     assert result.exit_code == 2 and needle in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1
-    assert on_disk(root) and not (root / retention.METRICS_FILE).exists()
+    assert on_disk(root) and not (root / layout.RETENTION_METRICS).exists()
+
+
+# --- no torch: the stage only reads and moves files, so `dsm5lab retention` starts fast ---------------
+
+
+def torch_imports(*args: str, cwd: Path | None = None) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run `python -X importtime ARGS`; the process and the torch modules it imported."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+    names = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()
+             if line.startswith("import time:")]
+    return proc, [n for n in names if n == "torch" or n.startswith("torch.")]
+
+
+@pytest.mark.parametrize("module", ["dsm5lab.pool.policy", "dsm5lab.pool.registry",
+                                    "dsm5lab.retention"])
+def test_retention_modules_do_not_import_torch(module):
+    code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch imported'"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_cli_retention_help_does_not_import_torch():
+    proc, torch_mods = torch_imports("-m", "dsm5lab", "retention", "--help")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--dry-run" in proc.stdout and torch_mods == []
+
+
+def test_cli_retention_dry_run_does_not_import_torch(tmp_path):
+    """The command itself (params, the stage, every registry read), not only its help."""
+    root = project(tmp_path, keep_best_k=2, keep_last_n=0)
+    proc, torch_mods = torch_imports("-m", "dsm5lab", "retention", "--dry-run", cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "would delete 5 checkpoint(s)" in proc.stdout and torch_mods == []
 
 
 # --- property tests ------------------------------------------------------------------------------
@@ -422,10 +461,10 @@ def test_the_stage_never_deletes_the_top_checkpoint(tmp_path_factory, runs, k, n
     before = on_disk(root)
     if not scored:  # nothing to rank: refused, and nothing deleted
         with pytest.raises(UserError):
-            retention.run(params, root)
+            stage.run(params, root)
         assert on_disk(root) == before
         return
-    manifest = retention.run(params, root)
+    manifest = stage.run(params, root)
     if dry:
         assert on_disk(root) == before
     _, step, run = max(scored)

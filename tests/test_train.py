@@ -41,14 +41,14 @@ def small_batch(root: Path, params):
     """Encoded groups of 6 training posts and everything needed to run the model on them."""
     from dsm5lab.data.criteria import load_criteria
     from dsm5lab.models.backbone import build_backbone
-    from dsm5lab.training.encoding import Encoder
-    from dsm5lab.training.loop import encode_spec, load_splits
+    from dsm5lab.training.encoding import Windower
+    from dsm5lab.training.run import load_splits, window_spec
 
     train, _, sentences = load_splits(root / "stages/prepare", None, None)
     train = train.sort_values("n_words").iloc[-6:]
     criteria = load_criteria(root / "stages/prepare/criteria.json")
     backbone = build_backbone(params.model, train["text"].tolist(), [c.description for c in criteria])
-    enc = Encoder(backbone.tokenizer, encode_spec(params, backbone.encoder.config), [c.description for c in criteria])
+    enc = Windower(backbone.tokenizer, window_spec(params, backbone.encoder.config), [c.description for c in criteria])
     return backbone, enc.encode(train, sentences)
 
 
@@ -76,7 +76,8 @@ def test_other_tasks_forward_backward(prepared, task, level):
 def _forward_backward(root: Path, overrides: list[str]) -> None:
     from dsm5lab.models.multitask import MultiTaskModel
     from dsm5lab.training.encoding import collate
-    from dsm5lab.training.loop import class_weights, model_spec, objective
+    from dsm5lab.training.multitask_loss import class_weights, multitask_loss
+    from dsm5lab.training.run import model_spec
 
     params = load_params(root / "params.yaml", TINY + overrides)
     torch.manual_seed(0)
@@ -86,7 +87,7 @@ def _forward_backward(root: Path, overrides: list[str]) -> None:
     kind = spec.evidence_head if spec.has_evidence else None
     batch = collate(groups[:8], backbone.tokenizer.pad_token_id, kind, spec.max_span_tokens)
     out = model(batch)
-    loss, parts = objective(out, batch, model, params, class_weights(groups, params.train.loss, "cpu"))
+    loss, parts = multitask_loss(out, batch, model, params, class_weights(groups, params.train.loss, "cpu"))
     assert torch.isfinite(loss) and loss.item() > 0
     loss.backward()
     head_grads = [p.grad for _, p in model.head_parameters() if p.requires_grad]
@@ -183,7 +184,7 @@ def test_mlflow_unreachable_training_finishes_and_buffer_replays(project, cli, m
 def test_non_finite_loss_stops_with_a_clear_error(project, cli, monkeypatch):
     from dsm5lab.training import loop
 
-    real = loop.objective
+    real = loop.multitask_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -191,7 +192,7 @@ def test_non_finite_loss_stops_with_a_clear_error(project, cli, monkeypatch):
         calls["n"] += 1
         return (loss * float("nan") if calls["n"] == 3 else loss), parts
 
-    monkeypatch.setattr(loop, "objective", poisoned)
+    monkeypatch.setattr(loop, "multitask_loss", poisoned)
     result = cli("train", *sets(TINY))
     assert result.exit_code == 3
     assert "error: train: loss is nan at step 2" in result.stderr

@@ -13,12 +13,11 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-from dsm5lab import atomic
+from dsm5lab import atomic, layout
 from dsm5lab.config import Params, apply_overrides, validate
 from dsm5lab.errors import UserError
 
@@ -89,35 +88,12 @@ def _select_ids(prepared: Path, max_posts: int | None, seed: int):
         return None, None
     if max_posts < 1:
         raise UserError(f"bench: max_posts must be at least 1 (got {max_posts})")
-    from dsm5lab.training.loop import load_splits
+    from dsm5lab.training.run import load_splits
 
     train, val, _ = load_splits(prepared, None, None)
     n_val = max(1, math.ceil(max_posts * len(val) / len(train)))
     pick = lambda df, n: df.sample(n=min(n, len(df)), random_state=seed)["post_id"].tolist()  # noqa: E731
     return pick(train, max_posts), pick(val, n_val)
-
-
-def _setup(params: Params, prepared: Path, train_ids, val_ids, device: torch.device) -> SimpleNamespace:
-    """What fit() builds before its loop, built the same way and with the same seed."""
-    from dsm5lab.data.criteria import load_criteria
-    from dsm5lab.models.backbone import build_backbone
-    from dsm5lab.models.multitask import MultiTaskModel
-    from dsm5lab.training.encoding import Encoder
-    from dsm5lab.training.loop import encode_spec, load_splits, model_spec, seed_everything
-    from dsm5lab.training.objective import class_weights
-
-    seed_everything(params.seed, params.train.deterministic)
-    train, val, sentences = load_splits(prepared, train_ids, val_ids)
-    descriptions = [c.description for c in load_criteria(prepared / "criteria.json")]
-    backbone = build_backbone(params.model, train["text"].tolist(), descriptions)
-    enc = Encoder(backbone.tokenizer, encode_spec(params, backbone.encoder.config), descriptions)
-    groups, val_groups = enc.encode(train, sentences), enc.encode(val, sentences)
-    spec = model_spec(params)
-    model = MultiTaskModel(backbone.encoder, backbone.hidden_size, spec).to(device)
-    kind = spec.evidence_head if spec.has_evidence else None
-    return SimpleNamespace(groups=groups, val_groups=val_groups, model=model, kind=kind,
-                           pad_id=backbone.tokenizer.pad_token_id,
-                           weights=class_weights(groups, params.train.loss, device))
 
 
 def _our_padding(groups, micro: int, seed: int, epochs: int) -> float:
@@ -138,15 +114,14 @@ def _require_accelerate() -> None:
                         "not installed (pip install 'accelerate>=1.1.0')")
 
 
-def trainer_throughput(params: Params, s: SimpleNamespace, micro: int, accum: int, device: torch.device,
-                       workdir: Path) -> dict:
-    """Train `s.model` with transformers.Trainer; groups/s and non-pad tokens/s over trainer.train()."""
+def trainer_throughput(params: Params, run, micro: int, accum: int, device: torch.device, workdir: Path) -> dict:
+    """Train `run.model` with transformers.Trainer; groups/s and non-pad tokens/s over trainer.train()."""
     _require_accelerate()
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
 
     from dsm5lab.training.encoding import collate
-    from dsm5lab.training.objective import objective
+    from dsm5lab.training.multitask_loss import multitask_loss
 
     t = params.train
 
@@ -158,25 +133,25 @@ def trainer_throughput(params: Params, s: SimpleNamespace, micro: int, accum: in
             self.model = model
 
         def forward(self, **batch):
-            return {"loss": objective(self.model(batch), batch, self.model, params, s.weights)[0]}
+            return {"loss": multitask_loss(self.model(batch), batch, self.model, params, run.weights)[0]}
 
     class Groups(torch.utils.data.Dataset):
         def __len__(self) -> int:
-            return len(s.groups)
+            return len(run.train_groups)
 
         def __getitem__(self, i: int):
-            return s.groups[i]
+            return run.train_groups[i]
 
     counts = {"groups": 0, "tokens": 0, "cells": 0}
 
     def counting_collate(groups):
-        batch = collate(groups, s.pad_id, s.kind, s.model.spec.max_span_tokens)
+        batch = collate(groups, run.pad_id, run.evidence_kind, run.model.spec.max_span_tokens)
         counts["groups"] += len(groups)
         counts["tokens"] += int(batch["attention_mask"].sum())
         counts["cells"] += batch["attention_mask"].numel()
         return batch
 
-    total_steps = math.ceil(math.ceil(len(s.groups) / micro) / accum) * t.epochs
+    total_steps = math.ceil(math.ceil(len(run.train_groups) / micro) / accum) * t.epochs
     warmup = int(round(t.warmup_ratio * total_steps))  # fit's count; transformers 5 has no warmup_ratio
     args = TrainingArguments(
         output_dir=str(workdir), per_device_train_batch_size=micro, gradient_accumulation_steps=accum,
@@ -186,7 +161,7 @@ def trainer_throughput(params: Params, s: SimpleNamespace, micro: int, accum: in
         save_strategy="no", eval_strategy="no", logging_strategy="no", disable_tqdm=True,
         dataloader_num_workers=0, use_cpu=device.type != "cuda", remove_unused_columns=False,
     )
-    trainer = Trainer(model=Wrapped(s.model), args=args, train_dataset=Groups(),
+    trainer = Trainer(model=Wrapped(run.model), args=args, train_dataset=Groups(),
                       data_collator=counting_collate)
     trainer.remove_callback(PrinterCallback)  # it prints the final train metrics to stdout
     tick = time.perf_counter()
@@ -199,7 +174,7 @@ def trainer_throughput(params: Params, s: SimpleNamespace, micro: int, accum: in
             "sampler": "uniform shuffle (RandomSampler)", "optimizer": "AdamW (transformers no-decay groups)"}
 
 
-def predict_throughput(params: Params, s: SimpleNamespace, device: torch.device, repeats: int = 2) -> dict:
+def predict_throughput(params: Params, run, device: torch.device, repeats: int = 2) -> dict:
     """Inference only (no loss): best of `repeats` full passes of predict() over the val groups."""
     from dsm5lab.training.inference import predict
 
@@ -207,12 +182,12 @@ def predict_throughput(params: Params, s: SimpleNamespace, device: torch.device,
     best = math.inf
     for _ in range(repeats):
         tick = time.perf_counter()
-        predict(s.model, s.val_groups, t.eval_batch_size, s.pad_id, device, t.precision)
+        predict(run.model, run.val_groups, t.eval_batch_size, run.pad_id, device, t.precision)
         _sync(device)
         best = min(best, time.perf_counter() - tick)
-    tokens = sum(g.n_tokens for g in s.val_groups)
-    return {"split": "val", "groups": len(s.val_groups), "tokens": tokens, "seconds": best,
-            "batch_size": t.eval_batch_size, "groups_per_s": len(s.val_groups) / best,
+    tokens = sum(g.n_tokens for g in run.val_groups)
+    return {"split": "val", "groups": len(run.val_groups), "tokens": tokens, "seconds": best,
+            "batch_size": t.eval_batch_size, "groups_per_s": len(run.val_groups) / best,
             "tokens_per_s": tokens / best}
 
 
@@ -234,52 +209,55 @@ def flops_report(encoder, groups, tokens_per_s: float, precision: str, device: t
 
 def run_bench(params: Params, root: Path, out_dir: Path, *, epochs: int | None = None,
               max_posts: int | None = None) -> dict:
-    """Measure training (ours vs Trainer), predict throughput and MFU; write bench.json and bench.md."""
+    """Measure training (ours vs Trainer), predict throughput and MFU; write bench.json and bench.md.
+
+    One run is built: our loop trains it, predict is timed on it, then the model goes back to its
+    initial weights and the Trainer trains it, so both start from the same model and data.
+    """
     import transformers
 
-    from dsm5lab.training.checkpoint import load_checkpoint
-    from dsm5lab.training.loop import RunPaths, fit
+    from dsm5lab.training.loop import fit
+    from dsm5lab.training.run import RunPaths, build_run
 
     params = _bench_params(params, epochs)
     t = params.train
     load_before = os.getloadavg()[0]  # other processes on the machine skew every number here
-    prepared, out_dir = Path(root) / "stages/prepare", Path(out_dir)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    prepared, out_dir = Path(root) / layout.PREPARED, Path(out_dir)
     train_ids, val_ids = _select_ids(prepared, max_posts, params.seed)
     error = None
     with tempfile.TemporaryDirectory(prefix="dsm5lab-bench-") as tmp:
+        run = build_run(params, RunPaths(prepared=prepared, checkpoints=Path(tmp) / "ckpt"), train_ids=train_ids,
+                        val_ids=val_ids)
+        device = run.device
+        initial = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
         log.info("bench: training with our loop")
-        paths = RunPaths(prepared=prepared, model_out=None, checkpoints=Path(tmp) / "ckpt", live_dir=None)
-        result = fit(params, paths, _NullTracker(), train_ids=train_ids, val_ids=val_ids)
+        result = fit(run, _NullTracker())
         tp = result.throughput
         micro, accum = tp["micro_batch"], tp["accumulation"]
-        trained = _setup(params, prepared, train_ids, val_ids, device)
-        if result.best_checkpoint is not None:
-            load_checkpoint(result.best_checkpoint, trained.model, restore_rng=False)
         ours = {"samples_per_s": tp["samples_per_s"], "tokens_per_s": tp["tokens_per_s"],
                 "seconds": tp["train_seconds"], "groups": round(tp["samples_per_s"] * tp["train_seconds"]),
                 "tokens": round(tp["tokens_per_s"] * tp["train_seconds"]),
                 "sampler": "length-bucketed (bucket_batches)",
-                "pad_fraction": _our_padding(trained.groups, micro, params.seed, t.epochs),
+                "pad_fraction": _our_padding(run.train_groups, micro, params.seed, t.epochs),
                 "optimizer": "AdamW (dsm5lab.training.optim groups)"}
         log.info("bench: predict throughput")
-        pred = predict_throughput(params, trained, device)
+        pred = predict_throughput(params, run, device)
         log.info("bench: training with transformers.Trainer")
         try:
             _require_accelerate()
-            fresh = _setup(params, prepared, train_ids, val_ids, device)
-            trainer = trainer_throughput(params, fresh, micro, accum, device, Path(tmp) / "trainer")
+            run.model.load_state_dict(initial)
+            trainer = trainer_throughput(params, run, micro, accum, device, Path(tmp) / "trainer")
         except UserError as exc:
             trainer, error = {"error": str(exc)}, exc
     m = params.model
     setup = {"backbone": m.backbone, "task": t.task, "batch_size": t.batch_size, "micro_batch": micro,
-             "accumulation": accum, "epochs": t.epochs, "train_groups": len(trained.groups),
-             "val_groups": len(trained.val_groups), "max_length": m.max_length, "max_chunks": m.max_chunks,
+             "accumulation": accum, "epochs": t.epochs, "train_groups": len(run.train_groups),
+             "val_groups": len(run.val_groups), "max_length": m.max_length, "max_chunks": m.max_chunks,
              "precision": t.precision, "deterministic": t.deterministic,
              "device": result.system.get("gpu", str(device)), "threads": torch.get_num_threads(),
              "torch": torch.__version__, "transformers": transformers.__version__, "seed": params.seed,
              "order": "ours, then predict, then Trainer, in one process"}
-    flops = flops_report(trained.model.encoder, trained.groups, ours["tokens_per_s"], t.precision, device)
+    flops = flops_report(run.model.encoder, run.train_groups, ours["tokens_per_s"], t.precision, device)
     report = {"setup": setup, "train": {"ours": ours, "trainer": trainer, "ratio": None}, "predict": pred,
               "flops": flops}
     setup["load_avg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]

@@ -12,6 +12,8 @@ from typing import Annotated, Callable
 
 import typer
 
+from dsm5lab.layout import HPO_BEST
+
 app = typer.Typer(
     name="dsm5lab",
     help="Reproducible DSM-5 criteria matching and evidence extraction on ReDSM5.",
@@ -217,8 +219,7 @@ def hpo_worker(storage: StorageOpt, study_name: StudyOpt) -> None:
 @user_errors
 def hpo_promote(
     params: ParamsOpt = Path("params.yaml"),
-    best: Annotated[Path, typer.Option("--best", help="best params written by the hpo stage.")] = Path(
-        "stages/hpo/best_params.yaml"),
+    best: Annotated[Path, typer.Option("--best", help="best params written by the hpo stage.")] = HPO_BEST,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the diff; change nothing.")] = False,
 ) -> None:
     """Write the best trial's values into params.yaml (comments and order kept) and print the diff."""
@@ -288,6 +289,7 @@ def retention(
         "--dry-run", help="print the plan; write and delete nothing (retention.dry_run: true still writes the reports).")] = False,
 ) -> None:
     """Keep the best-K checkpoints of train and HPO trials (copied into stages/retention), delete the rest."""
+    from dsm5lab import layout
     from dsm5lab import retention as stage
 
     cfg = _load(params, set_)
@@ -298,7 +300,7 @@ def retention(
         typer.echo(f"retention: warning: left {s['run']} alone: {s['reason']}", err=True)
     rows = [("-" if t["rank"] is None else str(t["rank"] + 1), t["run"], str(t["step"]),
              "-" if t["score"] is None else f"{t['score']:.4f}", "+".join(t["reasons"])) for t in m["kept"]]
-    where = "(plan only)" if dry_run else f"-> {stage.OUT_DIR}"
+    where = "(plan only)" if dry_run else f"-> {layout.RETAINED}"
     _print_table(f"retention: {len(rows)} kept by {m['policy']['metric']} {where}",
                  ("rank", "run", "step", "score", "kept as"), rows)
     if dry_run:

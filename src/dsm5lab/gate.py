@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from dsm5lab.config import read_yaml
+from dsm5lab.config.base import Strict
 from dsm5lab.errors import UserError
 
 # file = stem, tolerance signed (-0.002: may drop 0.002): the table fits the CLI's 100 columns uncut.
@@ -27,18 +28,16 @@ MISSING = object()
 EXAMPLE = " like {direction: higher, tolerance: 0.002}"
 
 
-class Tolerance(BaseModel):
+class Tolerance(Strict):
     """How one metric may move: `direction` is the better way, `tolerance` the allowed move the other way."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     direction: Literal["higher", "lower"]
     tolerance: float = Field(ge=0.0, allow_inf_nan=False)
 
 
-class GateFile(BaseModel):
+class GateFile(Strict):
     """gate.yaml: metrics file -> dotted key -> tolerance."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     metrics: dict[str, dict[str, Tolerance]] = Field(min_length=1)
 
 

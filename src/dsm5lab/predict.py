@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dsm5lab import layout
 from dsm5lab.atomic import read_jsonl
 from dsm5lab.data.labels import ANNOTATION_LABELS, POST_LABELS, SYMPTOMS
 from dsm5lab.data.segment import segment
 from dsm5lab.errors import UserError
 
-DEFAULT_MODELS = (Path("stages/evaluate/model"), Path("stages/train/model"))
+DEFAULT_MODELS = (layout.EVALUATED_MODEL, layout.TRAINED_MODEL)
 
 
 def default_model() -> Path:
@@ -24,7 +25,7 @@ def default_model() -> Path:
     for path in DEFAULT_MODELS:
         if (path / "model.safetensors").is_file():
             return path
-    raise UserError("--model: no model found at stages/evaluate/model or stages/train/model; run `dvc repro` "
+    raise UserError(f"--model: no model found at {' or '.join(map(str, DEFAULT_MODELS))}; run `dvc repro` "
                     "or pass --model PATH")
 
 
@@ -83,24 +84,19 @@ def _evidence(text: str, sent: pd.DataFrame, probs: np.ndarray, span: np.ndarray
 def predict_texts(model_dir: Path, items: list[tuple[str, str]], batch_size: int = 32,
                   top_sentences: int = 3, show_progress: bool = False) -> Iterator[dict]:
     """One result dict per input, in input order, computed in batches."""
-    import torch
-
-    from dsm5lab.evaluation.evaluate import predict_split
-    from dsm5lab.models.saved import load_model
+    from dsm5lab.evaluation.views import predict_split
     from dsm5lab.progress import progress
-    from dsm5lab.training.encoding import Encoder, EncodeSpec
+    from dsm5lab.training.inference import load_for_inference
 
-    model, tokenizer, config, criteria = load_model(model_dir)
-    encoder = Encoder(tokenizer, EncodeSpec(**config["encode"]), [c.description for c in criteria])
+    model, windower, config, _ = load_for_inference(model_dir)
     thresholds = np.array([config["thresholds"][s] for s in SYMPTOMS])
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
+    device = next(model.parameters()).device
     starts = range(0, len(items), batch_size)
     for start in (progress(starts, "predicting", total=len(starts)) if show_progress else starts):
         chunk = items[start : start + batch_size]
         posts, sentences = _frames(chunk)
         # the same per-post assembly the evaluate stage uses (criteria, sentence scores, best spans)
-        split = predict_split("input", model, encoder, posts, sentences, batch_size, device)
+        split = predict_split("input", model, windower, posts, sentences, batch_size, device)
         by_post = {pid: g for pid, g in sentences.groupby("post_id", sort=False)}
         for i, ((ident, text), pid) in enumerate(zip(chunk, posts["post_id"])):
             result: dict = {"id": ident}

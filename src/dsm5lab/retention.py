@@ -1,15 +1,15 @@
 """The `retention` stage: garbage-collect the checkpoint pool down to a tracked best-K (+ last-N) set.
 
 Train and every HPO trial leave checkpoints in the scratch pool (`train.checkpoint.dir`), each run
-folder with a `registry.jsonl` written by `CheckpointManager`. This stage reads every registry, ranks
+folder with a `registry.jsonl` (`pool.registry`). This stage reads every registry, ranks
 all checkpoints by the early-stopping metric across runs, and applies the policy that the online
-retention inside a run also uses (`training.checkpoint.decide_retention`): best K overall, last N
-per run, a size budget that never removes the best.
+retention inside a run also uses (`pool.policy.decide_retention`): best K overall, last N
+per run, a size budget that never removes the best. It imports no torch: it only reads and moves files.
 
 Order of work, so that a kill at any point loses nothing:
 1. the kept best-K set is copied into a temp folder, checked file by file, and renamed into place
    as the stage's out (`stages/retention`, DVC-tracked);
-2. only then are the other checkpoints deleted, run by run, registry first (`CheckpointManager.remove`);
+2. only then are the other checkpoints deleted, run by run, registry first (`Registry.remove`);
 3. the manifest and metrics are written last, atomically.
 A re-run after a kill redoes the plan on what is left; a second run deletes nothing.
 """
@@ -23,33 +23,28 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from dsm5lab import atomic
+from dsm5lab import atomic, layout
 from dsm5lab.config import Params
 from dsm5lab.errors import UserError
 from dsm5lab.progress import progress
-from dsm5lab.training.checkpoint import (FILES, HPO_POOL_DIR, REGISTRY, TRAIN_RUN, CheckpointManager,
-                                         Decision, decide_retention, mode_for)
+from dsm5lab.pool.policy import Decision, decide_retention, mode_for
+from dsm5lab.pool.registry import FILES, REGISTRY, Registry
 
-OUT_DIR = Path("stages/retention")
-INDEX = "index.json"  # inside OUT_DIR: the tracked checkpoints, best first, then last-N-only ones
+INDEX = "index.json"  # inside layout.RETAINED: the tracked checkpoints, best first, then last-N-only ones
 ASSETS = "assets"  # a run's tokenizer/config folder: a checkpoint loads with its run's assets beside it
-METRICS_FILE = Path("metrics/retention.json")
-MANIFEST = Path("reports/retention/manifest.json")
-HPO_METRICS = Path("metrics/hpo.json")  # names the current study
-TRAIN_METRICS = Path("metrics/train.json")  # the best step of the train run whose model is checked out
 
 
 @dataclass
 class Run:
-    """One run folder of the pool and the manager that owns its registry."""
+    """One run folder of the pool and its registry."""
 
     name: str  # path relative to the pool, e.g. "train" or "hpo/dsm5lab-9f60df8a/trial-0003"
-    manager: CheckpointManager
+    registry: Registry
 
     @cached_property
     def records(self) -> list[dict]:
         """The run's checkpoints with `run` set to the pool-relative name (unique across runs)."""
-        return [{**r, "run": self.name} for r in self.manager.records]
+        return [{**r, "run": self.name} for r in self.registry.records]
 
 
 def run_dirs(pool: Path) -> list[str]:
@@ -61,15 +56,15 @@ def run_dirs(pool: Path) -> list[str]:
 
 
 def open_run(pool: Path, name: str, read_only: bool = False) -> Run:
-    """The run's manager: it reads the registry (adopting complete unregistered checkpoints) and, unless
-    read_only, clears temp folders that killed writes left; the keep values are unused here."""
+    """The run's registry, read (adopting complete unregistered checkpoints); unless read_only, temp
+    folders that killed writes left are cleared."""
     d = pool / name
-    return Run(name, CheckpointManager(d, keep_last_n=0, keep_best_k=1, run=d.name, read_only=read_only))
+    return Run(name, Registry(d, run=d.name, read_only=read_only))
 
 
 def is_fold(name: str) -> bool:
     """A cross-validation fold of an HPO trial (hpo/<study>/trial-NNNN/fold-k): scored on its own fold."""
-    return name.startswith(f"{HPO_POOL_DIR}/") and Path(name).name.startswith("fold-")
+    return name.startswith(f"{layout.HPO_POOL_DIR}/") and Path(name).name.startswith("fold-")
 
 
 def stale_train(root: Path, run: Run, metric: str) -> str | None:
@@ -78,7 +73,7 @@ def stale_train(root: Path, run: Run, metric: str) -> str | None:
     The train run always keeps its best checkpoint; if that step with that score is missing, the
     folder holds another run (a different branch or params) or an earlier retention deleted it.
     """
-    path = root / TRAIN_METRICS
+    path = root / layout.TRAIN_METRICS
     try:
         summary = json.loads(path.read_text(encoding="utf-8"))
         step, want = summary["best_step"], summary["val"][metric.split("/", 1)[1]]
@@ -87,13 +82,13 @@ def stale_train(root: Path, run: Run, metric: str) -> str | None:
     for rec in run.records:
         if rec["step"] == step and rec.get("score") is not None and abs(rec["score"] - float(want)) <= 1e-6:
             return None
-    return (f"it lacks the best checkpoint of {TRAIN_METRICS} (step {step}, {metric} {want}): it is from "
-            "another train run, or an earlier retention deleted it")
+    return (f"it lacks the best checkpoint of {layout.TRAIN_METRICS} (step {step}, {metric} {want}): "
+            "it is from another train run, or an earlier retention deleted it")
 
 
 def current_study(root: Path) -> str | None:
     """The study the hpo stage last ran (metrics/hpo.json), or None without one."""
-    path = root / HPO_METRICS
+    path = root / layout.HPO_METRICS
     if not path.is_file():
         return None
     try:
@@ -108,7 +103,8 @@ def current_study(root: Path) -> str | None:
 def in_scope(name: str, scope: str, study: str | None) -> bool:
     if scope == "all":
         return True
-    return name == TRAIN_RUN or (study is not None and name.startswith(f"{HPO_POOL_DIR}/{study}/"))
+    return name == layout.TRAIN_RUN or (
+        study is not None and name.startswith(f"{layout.HPO_POOL_DIR}/{study}/"))
 
 
 def _size(path: Path) -> int:
@@ -175,7 +171,7 @@ def run(params: Params, root: Path = Path("."), dry_run: bool | None = None, wri
     runs = [open_run(pool, n, read_only=dry) for n in names if in_scope(n, rp.scope, study)]
     others = [n for n in names if not in_scope(n, rp.scope, study)]
     skipped = []  # in scope but left alone, with the reason
-    train = next((r for r in runs if r.name == TRAIN_RUN), None)
+    train = next((r for r in runs if r.name == layout.TRAIN_RUN), None)
     reason = stale_train(root, train, metric) if train is not None else None
     if reason:
         runs.remove(train)
@@ -191,7 +187,7 @@ def run(params: Params, root: Path = Path("."), dry_run: bool | None = None, wri
             else:
                 records.append(rec)
     if not records:
-        looked = "every run" if rp.scope == "all" else f"the '{TRAIN_RUN}' run" + (
+        looked = "every run" if rp.scope == "all" else f"the '{layout.TRAIN_RUN}' run" + (
             f" and study {study}" if study else "")
         why = f" ({skipped[0]['run']}: {skipped[0]['reason']})" if skipped else ""
         raise UserError(f"retention: no checkpoints in {pool} scored on {metric} for {looked}{why}; the pool "
@@ -208,13 +204,13 @@ def run(params: Params, root: Path = Path("."), dry_run: bool | None = None, wri
     dropped = [d for d in decisions if not d.keep]
     index = [{**_entry(d), "path": f"{d.record['run']}/{d.record['path']}"} for d in kept]
     if write:
-        write_tracked(root / OUT_DIR, pool, kept, index)
+        write_tracked(root / layout.RETAINED, pool, kept, index)
     if not dry:
         by_run: dict[str, list[dict]] = {}
         for d in dropped:
             by_run.setdefault(d.record["run"], []).append(d.record)
         for r in progress([r for r in runs if r.name in by_run], desc="retention: delete"):
-            r.manager.remove(by_run[r.name])
+            r.registry.remove(by_run[r.name])
     before = _bytes(records) + _bytes(other_metric)
     freed = _bytes(d.record for d in dropped)
     after = before - (0 if dry else freed)
@@ -231,7 +227,7 @@ def run(params: Params, root: Path = Path("."), dry_run: bool | None = None, wri
         "out_of_scope": [{"run": n, "checkpoints": len(steps), "bytes": sum(_size(d) for d in steps)}
                          for n in others for steps in [[d for d in (pool / n).glob("step-*") if d.is_dir()]]],
         "bytes": {"before": before, "after": after,
-                  "tracked": _size(root / OUT_DIR) if write else _bytes(d.record for d in kept)},
+                  "tracked": _size(root / layout.RETAINED) if write else _bytes(d.record for d in kept)},
         "reduction_pct": reduction,
     }
     if dry:
@@ -247,6 +243,6 @@ def run(params: Params, root: Path = Path("."), dry_run: bool | None = None, wri
         "best_score": round(float(kept[0].record["score"]), 6),
         "dry_run": dry,
     }
-    atomic.write_json(root / MANIFEST, manifest)
-    atomic.write_json(root / METRICS_FILE, metrics)
+    atomic.write_json(root / layout.RETENTION_MANIFEST, manifest)
+    atomic.write_json(root / layout.RETENTION_METRICS, metrics)
     return manifest

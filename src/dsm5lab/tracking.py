@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from dsm5lab import dotted
 from dsm5lab.atomic import read_jsonl
 from dsm5lab.progress import quiet
 
@@ -69,15 +70,6 @@ def default_tags() -> dict[str, str]:
     if out.returncode == 0 and out.stdout.strip():
         tags["git_commit"] = out.stdout.strip()
     return tags
-
-
-def flatten(params: dict, prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}."""
-    flat: dict[str, Any] = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        flat.update(flatten(value, name + ".") if isinstance(value, dict) else {name: value})
-    return flat
 
 
 def _client(uri: str):
@@ -236,7 +228,7 @@ class Tracker:
 
     def log_params(self, params: dict) -> None:
         """Nested dicts flattened with '.'; MLflow gets strings, dvclive YAML-safe values."""
-        flat = flatten(params)
+        flat = dotted.flatten(params)
         if self._live is not None:
             self._live.log_params(json.loads(json.dumps(flat, default=str)))  # YAML-safe: Paths etc. as str
         self._send({"type": "params", "params": {k: str(v) for k, v in flat.items()}})
@@ -270,11 +262,8 @@ class Tracker:
         values = {k: float(v) for k, v in metrics.items()}
         if self._live is not None:
             for name, value in values.items():
-                node = self._live.summary
-                *parents, leaf = name.split("/")
-                for key in parents:
-                    node = node.setdefault(key, {})
-                node[leaf] = value if math.isfinite(value) else str(value)
+                dotted.put(self._live.summary, name, value if math.isfinite(value) else str(value), create=True,
+                           sep="/")
             self._live.make_summary()
         self._send({"type": "metrics", "metrics": values, "step": None, "timestamp": _now_ms()})
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dsm5lab import atomic
+from dsm5lab import atomic, layout
 from dsm5lab.config import Params
 from dsm5lab.data.alignment import METHODS, UNALIGNED, Aligner, Match
 from dsm5lab.data.criteria import criteria_document, load_criteria
@@ -24,9 +24,6 @@ from dsm5lab.errors import UserError
 from dsm5lab.progress import progress
 
 SPLITS = ("train", "val", "test")
-OUT_DIR = Path("stages/prepare")
-METRICS_FILE = Path("metrics/prepare.json")
-REPORT_DIR = Path("reports/prepare")
 
 
 @dataclass
@@ -255,16 +252,16 @@ def write(prep: Prepared, root: Path) -> None:
     import json
 
     root = Path(root)
-    with atomic.staged_dir(root / OUT_DIR) as out:
+    with atomic.staged_dir(root / layout.PREPARED) as out:
         _write_parquet(prep.posts, out / "posts.parquet")
         _write_parquet(prep.sentences, out / "sentences.parquet")
         _write_parquet(prep.annotations, out / "annotations.parquet")
         (out / "criteria.json").write_text(json.dumps(prep.criteria, indent=2) + "\n", encoding="utf-8")
         (out / "manifest.json").write_text(json.dumps(prep.manifest, indent=2) + "\n", encoding="utf-8")
-    with atomic.staged_dir(root / REPORT_DIR / "label_distribution") as plots:
+    with atomic.staged_dir(root / layout.PREPARE_REPORTS / "label_distribution") as plots:
         for name, frame in label_distribution(prep.posts).items():
             frame.to_csv(plots / f"{name}.csv", index=False, lineterminator="\n")
-    atomic.write_json(root / METRICS_FILE, prep.metrics)
+    atomic.write_json(root / layout.PREPARE_METRICS, prep.metrics)
 
 
 def summary_rows(prep: Prepared) -> list[tuple[str, ...]]:

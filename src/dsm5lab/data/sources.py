@@ -15,11 +15,7 @@ from dsm5lab.errors import UserError
 
 def load_bundle(cfg: DataConfig) -> RawBundle:
     """Load and validate the ReDSM5 bundle that `data.source` names."""
-    if cfg.source == "csv":
-        return read_csv_dir(Path(cfg.csv_dir))
-    if cfg.source == "hf":
-        return read_hf(cfg.hf)
-    return read_synthetic(cfg)
+    return SOURCES[cfg.source](cfg)
 
 
 def read_synthetic(cfg: DataConfig) -> RawBundle:
@@ -115,3 +111,11 @@ def read_hf(cfg: HFConfig) -> RawBundle:
         annotations_where=f"hf:{cfg.dataset}[{ann_split}]",
         origin=f"hf:{cfg.dataset}" + (f"@{cfg.revision}" if cfg.revision else ""),
     )
+
+
+# data.source -> reader of the data section
+SOURCES = {
+    "synthetic": read_synthetic,
+    "csv": lambda cfg: read_csv_dir(Path(cfg.csv_dir)),
+    "hf": lambda cfg: read_hf(cfg.hf),
+}

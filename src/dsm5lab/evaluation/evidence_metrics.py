@@ -13,7 +13,7 @@ from collections import Counter
 
 import numpy as np
 
-from dsm5lab.evaluation.metrics import prf
+from dsm5lab.metrics import prf
 
 
 def sentence_prf(gold, pred) -> dict:

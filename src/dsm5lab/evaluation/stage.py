@@ -12,17 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dsm5lab import atomic
+from dsm5lab import atomic, layout
 from dsm5lab.config import Params
 from dsm5lab.data.labels import SYMPTOMS
 from dsm5lab.errors import UserError
-
-PREPARED = Path("stages/prepare")
-TRAINED = Path("stages/train/model")
-MODEL_OUT = Path("stages/evaluate/model")
-REPORT_DIR = Path("reports/evaluate")
-METRICS_FILE = Path("metrics/evaluate.json")
-
 
 @dataclass(frozen=True)
 class Settings:
@@ -55,7 +48,7 @@ def _sha256(path: Path) -> str:
 
 
 def build_report(params: Params, model_dir: Path, config: dict, manifest: dict, val, test, settings) -> dict:
-    from dsm5lab.evaluation import evaluate as ev
+    from dsm5lab.evaluation import views as ev
 
     spec = config["spec"]
     report = {
@@ -102,7 +95,7 @@ def headline(report: dict) -> dict:
 
 def plot_frames(test, thresholds: list[float], bins: int) -> dict[str, pd.DataFrame]:
     """Data for the DVC plots: one combined confusion view, ROC and PR per criterion, calibration."""
-    from dsm5lab.evaluation.metrics import calibration_bins, pr_curve, roc_curve
+    from dsm5lab.metrics import calibration_bins, pr_curve, roc_curve
 
     frames: dict[str, pd.DataFrame] = {}
     pred = test.prob >= np.asarray(thresholds)
@@ -181,29 +174,24 @@ def run(params: Params, root: Path = Path("."), model_dir: Path | None = None, o
     stages/evaluate/model (the model with its tuned thresholds). With out_dir, any saved model or
     checkpoint is evaluated and everything goes under out_dir, leaving pipeline outputs alone.
     """
-    import torch
-
-    from dsm5lab.evaluation import evaluate as ev
-    from dsm5lab.models.saved import load_model
-    from dsm5lab.training.encoding import Encoder, EncodeSpec
+    from dsm5lab.evaluation import views as ev
+    from dsm5lab.training.inference import load_for_inference
 
     root = Path(root)
-    model_dir = Path(model_dir) if model_dir is not None else root / TRAINED
-    model, tokenizer, config, criteria = load_model(model_dir)
-    prepared = root / PREPARED
+    model_dir = Path(model_dir) if model_dir is not None else root / layout.TRAINED_MODEL
+    model, windower, config, _ = load_for_inference(model_dir)
+    prepared = root / layout.PREPARED
     if not (prepared / "manifest.json").is_file():
         raise UserError(f"{prepared}: no prepared data (manifest.json missing); run `dvc repro prepare` first")
     manifest = json.loads((prepared / "manifest.json").read_text())
     settings = Settings(seed=params.seed, **params.evaluate.model_dump())
-    encoder = Encoder(tokenizer, EncodeSpec(**config["encode"]), [c.description for c in criteria])
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
+    device = next(model.parameters()).device
     val_posts, test_posts, sentences = ev.load_splits_for_eval(prepared)
-    val = ev.predict_split("val", model, encoder, val_posts, sentences, settings.batch_size, device)
-    test = ev.predict_split("test", model, encoder, test_posts, sentences, settings.batch_size, device)
+    val = ev.predict_split("val", model, windower, val_posts, sentences, settings.batch_size, device)
+    test = ev.predict_split("test", model, windower, test_posts, sentences, settings.batch_size, device)
     report = build_report(params, model_dir, config, manifest, val, test, settings)
     validate_report(report)
-    report_dir = root / REPORT_DIR if out_dir is None else Path(out_dir)
+    report_dir = root / layout.EVALUATE_REPORTS if out_dir is None else Path(out_dir)
     thresholds = report["criteria"]["thresholds"]["values"] if "criteria" in report else None
     # both are declared outs of the stage: an evidence-only model still writes them (header / a note)
     with atomic.staged_dir(report_dir / "plots") as plots:
@@ -218,8 +206,8 @@ def run(params: Params, root: Path = Path("."), model_dir: Path | None = None, o
     atomic.write_json(report_dir / "evaluation_report.json", report)
     atomic.write_text(report_dir / "summary.md", summary_markdown(report))
     if out_dir is None:
-        export_thresholded(model_dir, root / MODEL_OUT, thresholds)
-        atomic.write_json(root / METRICS_FILE, headline(report))
+        export_thresholded(model_dir, root / layout.EVALUATED_MODEL, thresholds)
+        atomic.write_json(root / layout.EVALUATE_METRICS, headline(report))
     else:
         atomic.write_json(report_dir / "metrics.json", headline(report))
     return report

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dsm5lab import atomic
+from dsm5lab import atomic, layout
 from dsm5lab.config import Params, validate
 from dsm5lab.errors import UserError
 from dsm5lab.hpo import storage as st
-from dsm5lab.hpo.objective import StudyContext, run_trial
-from dsm5lab.hpo.space import data_hash, fingerprint, study_name
+from dsm5lab.hpo.space import study_identity
+from dsm5lab.hpo.trial import StudyContext, run_trial
 
-OUT = Path("reports/bench/hpo_pruning.json")
+OUT = layout.HPO_PRUNING_BENCH
 
 
 def _totals(trials) -> dict:
@@ -31,7 +31,7 @@ def compare_pruning(params: Params, root: Path = Path(".")) -> dict:
 
     root = Path(root)
     url = storage_url(params, root)
-    name = study_name(params, fingerprint(params, data_hash(root / "stages/prepare")))
+    name, _, _ = study_identity(params, root / layout.PREPARED)
     storage = st.open_storage(url, params.hpo.stale)
     try:
         study = optuna.load_study(study_name=name, storage=storage)

@@ -9,18 +9,8 @@ from typing import Any
 
 from dsm5lab import atomic
 from dsm5lab.config import read_yaml, validate
+from dsm5lab.dotted import flatten
 from dsm5lab.errors import UserError
-
-
-def _leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_leaves(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def promote(best_file: Path, params_file: Path, dry_run: bool = False) -> tuple[dict[str, Any], str]:
@@ -29,7 +19,7 @@ def promote(best_file: Path, params_file: Path, dry_run: bool = False) -> tuple[
 
     if not best_file.is_file():
         raise UserError(f"{best_file}: not found; run the hpo stage first (`dvc repro hpo`)")
-    values = _leaves(read_yaml(best_file))
+    values = flatten(read_yaml(best_file))
     if not values:
         raise UserError(f"{best_file}: holds no values to promote")
     if not params_file.is_file():

@@ -9,17 +9,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-from dsm5lab import atomic
+from dsm5lab import atomic, layout
 from dsm5lab.config import Params
+from dsm5lab.dotted import nested
 from dsm5lab.errors import UserError
 from dsm5lab.hpo import storage as st
-from dsm5lab.hpo.space import nested
 
-STAGE = Path("stages/hpo")
-BEST = STAGE / "best_params.yaml"
-STORAGE_INFO = STAGE / "storage" / "storage.json"
-REPORTS = Path("reports/hpo")
-METRICS = Path("metrics/hpo.json")
+BEST, STORAGE_INFO = layout.HPO_BEST, layout.HPO_STORAGE_INFO
+REPORTS, METRICS = layout.HPO_REPORTS, layout.HPO_METRICS
 
 
 def _num(x: Any) -> Any:

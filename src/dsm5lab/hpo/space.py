@@ -9,9 +9,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from dsm5lab import dotted
 from dsm5lab.config import Params, validate
 from dsm5lab.errors import UserError
-from dsm5lab.hpo.schema import Dist, get_path, set_path
+from dsm5lab.config.hpo import Dist
 
 # Keys that change how a trial runs, not what it learns: left out of the study fingerprint.
 OPERATIONAL = ("train.checkpoint", "train.threads", "train.num_workers", "train.log_every_steps",
@@ -25,7 +26,7 @@ class InvalidTrialParams(UserError):
 def active(dist: Dist, chosen: dict[str, Any], base: dict[str, Any]) -> bool:
     """True when every `when` condition holds for the values sampled so far (else the base params)."""
     for key, allowed in (dist.when or {}).items():
-        value = chosen[key] if key in chosen else get_path(base, key)
+        value = chosen[key] if key in chosen else dotted.get(base, key)
         if value not in allowed:
             return False
     return True
@@ -62,7 +63,7 @@ def trial_params(params: Params, values: dict[str, Any]) -> Params:
     """params with the study's trial_overrides, then the trial's values, applied and validated."""
     raw = params.model_dump()
     for key, value in {**params.hpo.trial_overrides, **values}.items():
-        set_path(raw, key, value)
+        dotted.put(raw, key, value)
     try:
         return validate(raw, source="trial params")
     except UserError as exc:
@@ -91,7 +92,7 @@ def fingerprint(params: Params, data: str) -> str:
     base = params.model_dump(include={"seed", "model", "train"})
     derived = ("train.grad_accum_steps",) if "train.batch_size" in hpo.search_space else ()
     for key in (*hpo.search_space, *OPERATIONAL, *derived):
-        _drop(base, key)
+        dotted.drop(base, key)
     what = {
         "data": data, "base": base, "trial_overrides": hpo.trial_overrides,
         "space": {k: v.model_dump() for k, v in hpo.search_space.items()},
@@ -101,33 +102,20 @@ def fingerprint(params: Params, data: str) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _drop(raw: dict[str, Any], key: str) -> None:
-    *parents, leaf = key.split(".")
-    node = raw
-    for part in parents:
-        node = node.get(part, {})
-    node.pop(leaf, None)
-
-
 def study_name(params: Params, fp: str) -> str:
     return f"{params.hpo.study_name}-{fp[:8]}"
 
 
-def nested(values: dict[str, Any]) -> dict[str, Any]:
-    """Dotted keys to the nested params.yaml form."""
-    out: dict[str, Any] = {}
-    for key, value in sorted(values.items()):
-        *parents, leaf = key.split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
+def study_identity(params: Params, prepared: Path) -> tuple[str, str, str]:
+    """(name, fingerprint, data hash) of the study that params and the prepared data define."""
+    data = data_hash(prepared)
+    fp = fingerprint(params, data)
+    return study_name(params, fp), fp, data
 
 
 def base_values(params: Params) -> dict[str, Any]:
     """model and train values every trial starts from: params.yaml plus hpo.trial_overrides."""
     raw = copy.deepcopy(params.model_dump(include={"model", "train"}))
     for key, value in params.hpo.trial_overrides.items():
-        set_path(raw, key, value)
+        dotted.put(raw, key, value)
     return raw

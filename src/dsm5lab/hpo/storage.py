@@ -14,9 +14,10 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from dsm5lab import layout
 from dsm5lab.errors import UserError
 
-DEFAULT_STORAGE = "sqlite:///stages/hpo/storage/study.db"
+DEFAULT_STORAGE = layout.HPO_DEFAULT_STORAGE
 JOURNAL = "journal:"
 WORKER_ATTR = "worker"
 

@@ -16,15 +16,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from dsm5lab import layout
 from dsm5lab.config import Params, validate
+from dsm5lab.config.hpo import sqlite_workers_message
 from dsm5lab.errors import UserError
 from dsm5lab.hpo import storage as st
-from dsm5lab.hpo.objective import StudyContext, run_trial
-from dsm5lab.training.checkpoint import HPO_POOL_DIR
-from dsm5lab.hpo.schema import sqlite_workers_message
-from dsm5lab.hpo.space import InvalidTrialParams, data_hash, fingerprint, study_name
+from dsm5lab.hpo.space import InvalidTrialParams, data_hash, study_identity
+from dsm5lab.hpo.trial import StudyContext, run_trial
 
-PREPARED = Path("stages/prepare")
 PARAMS_ATTR, FP_ATTR, DATA_ATTR, PARENT_ATTR = "dsm5lab:params", "dsm5lab:fingerprint", "dsm5lab:data", "dsm5lab:mlflow_run"
 
 Echo = Callable[[str], None]
@@ -34,34 +33,46 @@ def _quiet(_: str) -> None:
     pass
 
 
+# hpo.sampler.type -> factory(optuna.samplers, sampler section, seed)
+SAMPLERS = {
+    # conditional params are expected: no warning when TPE samples them independently
+    "tpe": lambda lib, s, seed: lib.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials, multivariate=True,
+                                               warn_independent_sampling=False),
+    "random": lambda lib, s, seed: lib.RandomSampler(seed=seed),
+    # CMA-ES handles float/int; categorical params fall back to independent sampling
+    "cmaes": lambda lib, s, seed: lib.CmaEsSampler(seed=seed, n_startup_trials=s.n_startup_trials,
+                                                   warn_independent_sampling=False),
+    "nsga2": lambda lib, s, seed: lib.NSGAIISampler(seed=seed),
+}
+
+
 def make_sampler(params: Params, seed: int):
     import optuna
 
-    s = params.hpo.sampler
-    if s.type == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials, multivariate=True,
-                                          warn_independent_sampling=False)  # conditional params are expected
-    if s.type == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if s.type == "cmaes":  # CMA-ES handles float/int; categorical params fall back to independent sampling
-        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=s.n_startup_trials,
-                                            warn_independent_sampling=False)
-    return optuna.samplers.NSGAIISampler(seed=seed)
+    return SAMPLERS[params.hpo.sampler.type](optuna.samplers, params.hpo.sampler, seed)
+
+
+def _hyperband(lib, p, params: Params):
+    # resource = reports: one per epoch (or one per fold in cross-validation)
+    units = (params.hpo.cv.folds or params.prepare.n_folds) if params.hpo.cv.enabled else _trial_epochs(params)
+    return lib.HyperbandPruner(min_resource=p.min_resource, max_resource=max(units, p.min_resource),
+                               reduction_factor=p.reduction_factor)
+
+
+# hpo.pruner.type -> factory(optuna.pruners, pruner section, params) of the pruner under an optional PatientPruner
+PRUNERS = {
+    "median": lambda lib, p, params: lib.MedianPruner(n_startup_trials=p.n_startup_trials,
+                                                      n_warmup_steps=p.n_warmup_steps),
+    "hyperband": _hyperband,
+    "none": lambda lib, p, params: None,
+}
 
 
 def make_pruner(params: Params):
     import optuna
 
     p = params.hpo.pruner
-    if p.type == "median":
-        inner = optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
-    elif p.type == "hyperband":
-        # resource = reports: one per epoch (or one per fold in cross-validation)
-        units = (params.hpo.cv.folds or params.prepare.n_folds) if params.hpo.cv.enabled else _trial_epochs(params)
-        inner = optuna.pruners.HyperbandPruner(min_resource=p.min_resource, max_resource=max(units, p.min_resource),
-                                               reduction_factor=p.reduction_factor)
-    else:
-        inner = None
+    inner = PRUNERS[p.type](optuna.pruners, p, params)
     if p.patience is not None:  # PatientPruner is marked experimental; its interface is one call here
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         return optuna.pruners.PatientPruner(inner, patience=p.patience, min_delta=p.min_delta)
@@ -76,7 +87,7 @@ def _trial_epochs(params: Params) -> int:
 
 
 def _check_objectives(params: Params) -> None:
-    from dsm5lab.training.loop import VAL_METRICS
+    from dsm5lab.training.inference import VAL_METRICS
 
     every = params.hpo.trial_overrides.get("train.eval_every_steps", params.train.eval_every_steps)
     if params.hpo.pruner.type != "none" and every and not params.hpo.cv.enabled:
@@ -153,9 +164,7 @@ def run(params: Params, root: Path = Path("."), echo: Echo = _quiet) -> dict:
     root = Path(root)
     _check_objectives(params)
     url = storage_url(params, root)
-    data = data_hash(root / PREPARED)
-    fp = fingerprint(params, data)
-    name = study_name(params, fp)
+    name, fp, data = study_identity(params, root / layout.PREPARED)
     storage = st.open_storage(url, params.hpo.stale)
     study = _study(storage, name, params, params.seed, create=True)
     # workers run from the study's stored params: refresh them so n_trials, timeouts and the pruner
@@ -169,7 +178,7 @@ def run(params: Params, root: Path = Path("."), echo: Echo = _quiet) -> dict:
     if swept:
         echo(f"hpo: failed stale trial(s) {swept} left RUNNING by a dead worker")
     echo(f"hpo: study {name} in {st.redact(url)}")
-    run_dir = root / params.train.checkpoint.dir / HPO_POOL_DIR / name
+    run_dir = root / params.train.checkpoint.dir / layout.HPO_POOL_DIR / name
     settings = TrackingSettings(mlflow_uri=params.tracking.mlflow_uri, experiment=params.tracking.experiment,
                                 run_name=f"hpo/{name}", live_dir=None, run_dir=run_dir, resume=True,
                                 tags={"optuna.study": name})
@@ -202,9 +211,9 @@ def worker(url: str, name: str, root: Path = Path("."), echo: Echo = _quiet) -> 
     if params is None:
         raise UserError(f"--study: {name!r} was not created by `dsm5lab hpo run` (no stored params)")
     attrs = probe.user_attrs
-    local = data_hash(root / PREPARED)
+    local = data_hash(root / layout.PREPARED)
     if local != attrs.get(DATA_ATTR):
-        raise UserError(f"{root / PREPARED}: differs from the data study {name} was created on; check out the "
+        raise UserError(f"{root / layout.PREPARED}: differs from the data study {name} was created on; check out the "
                         "same commit and `dvc pull` / `dvc repro prepare` before joining")
     storage = st.open_storage(url, params.hpo.stale)
     # every worker needs its own sampler seed, or parallel workers propose the same random trials
@@ -233,7 +242,7 @@ def load_from_storage(url: str, name: str):
     """A study and its stored params, for `hpo export` and reports."""
     import optuna
 
-    from dsm5lab.hpo.schema import StaleConfig
+    from dsm5lab.config.hpo import StaleConfig
 
     storage = st.open_storage(url, StaleConfig(heartbeat_interval_s=60, grace_period_s=120, max_retry=0))
     try:

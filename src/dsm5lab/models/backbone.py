@@ -174,13 +174,3 @@ def build_backbone(cfg, train_texts: list[str], always_texts: list[str] = ()) ->
         enable = getattr(encoder, "activation_checkpointing_enable", None) or encoder.gradient_checkpointing_enable
         enable()
     return Backbone(encoder, tokenizer, cfg.backbone, int(encoder.config.hidden_size), max_positions)
-
-
-def load_saved_backbone(model_dir: Path):
-    """Encoder skeleton and tokenizer of a saved dsm5lab model (weights are loaded by the caller)."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-    config = AutoConfig.from_pretrained(model_dir / "encoder", local_files_only=True)
-    encoder = AutoModel.from_config(config)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir / "tokenizer", local_files_only=True)
-    return encoder, tokenizer

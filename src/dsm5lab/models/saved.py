@@ -26,14 +26,14 @@ VERSION = 1
 ASSETS = "assets"
 
 
-def _write_assets(out: Path, model, tokenizer, encode_spec, criteria: list[Criterion], backbone: str,
+def _write_assets(out: Path, model, tokenizer, window_spec, criteria: list[Criterion], backbone: str,
                   extra: dict | None = None) -> None:
     config = {
         "format": FORMAT,
         "version": VERSION,
         "backbone": backbone,
         "spec": model.spec.to_dict(),
-        "encode": asdict(encode_spec),
+        "encode": asdict(window_spec),
         "channels": list(SYMPTOMS) if model.spec.channels == len(SYMPTOMS) else ["criterion"],
         "thresholds": {s: 0.5 for s in SYMPTOMS},
         "hidden_size": int(model.encoder.config.hidden_size),
@@ -45,19 +45,19 @@ def _write_assets(out: Path, model, tokenizer, encode_spec, criteria: list[Crite
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def write_run_assets(run_dir: Path, model, tokenizer, encode_spec, criteria: list[Criterion], backbone: str) -> None:
+def write_run_assets(run_dir: Path, model, tokenizer, window_spec, criteria: list[Criterion], backbone: str) -> None:
     """Everything but the weights, once per training run, so its checkpoints load as models."""
     with atomic.staged_dir(Path(run_dir) / ASSETS) as tmp:
-        _write_assets(tmp, model, tokenizer, encode_spec, criteria, backbone)
+        _write_assets(tmp, model, tokenizer, window_spec, criteria, backbone)
 
 
-def export_model(out: Path, model, tokenizer, encode_spec, criteria: list[Criterion], result, backbone: str) -> None:
+def export_model(out: Path, model, tokenizer, window_spec, criteria: list[Criterion], result, backbone: str) -> None:
     """Write the model directory atomically."""
     from safetensors.torch import save_model
 
     with atomic.staged_dir(Path(out)) as tmp:
         save_model(model, str(tmp / "model.safetensors"))
-        _write_assets(tmp, model, tokenizer, encode_spec, criteria, backbone, {"validation": result.best})
+        _write_assets(tmp, model, tokenizer, window_spec, criteria, backbone, {"validation": result.best})
 
 
 def load_model(model_dir: Path):

@@ -1,14 +1,10 @@
-"""Checkpoints: atomic save/load with RNG state, a disk guard, and best-K / last-N retention."""
+"""Checkpoints: atomic save/load with RNG state, a disk guard, and a run folder pruned on save."""
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import random
 import shutil
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -16,30 +12,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from dsm5lab.atomic import read_jsonl, staged_dir, write_json, write_text
+from dsm5lab.atomic import staged_dir, write_json
 from dsm5lab.errors import UserError
+from dsm5lab.pool.policy import is_finite_score, plan_retention
+from dsm5lab.pool.registry import FILES, REGISTRY, Registry
 
-FILES = ("model.safetensors", "config.json", "trainer_state.pt", "meta.json")
-REGISTRY = "registry.jsonl"
 FORMAT_VERSION = 1
-# the checkpoint pool (train.checkpoint.dir): the pipeline's train run, and HPO trials at hpo/<study>/trial-NNNN
-TRAIN_RUN = "train"
-HPO_POOL_DIR = "hpo"
-
-
-def mode_for(metric: str) -> str:
-    """'min' for a metric where lower is better (the validation loss), else 'max'."""
-    return "min" if metric == "val/loss" else "max"
-
-
-def _finite(score: Any) -> bool:
-    """True for a real, finite number (numpy and 0-d tensor scores included)."""
-    if score is None or isinstance(score, bool):
-        return False
-    try:
-        return math.isfinite(float(score))
-    except (TypeError, ValueError):
-        return False
 
 
 def _check_plain(value: Any, where: str = "state") -> None:
@@ -55,84 +33,6 @@ def _check_plain(value: Any, where: str = "state") -> None:
             _check_plain(v, f"{where}[{i}]")
     else:
         raise TypeError(f"checkpoint {where} is a {type(value).__name__}; use plain Python types or tensors")
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What the retention policy does with one checkpoint record, and why.
-
-    rank: 0 for the best ranked record, 1 for the next, ...; None when the record is not ranked
-    (no finite score, or scored on another metric). reasons, when kept: "best" (rank 0, never
-    dropped), "best_k", "last_n"; when dropped: "policy" (outside best-K and last-N) or "budget"
-    (kept by the policy but over the size budget).
-    """
-
-    record: dict
-    keep: bool
-    rank: int | None
-    reasons: tuple[str, ...]
-
-
-def decide_retention(records: list[dict], keep_best_k: int, keep_last_n: int, mode: str = "max", *,
-                     max_bytes: int | None = None, metric: str | None = None) -> list[Decision]:
-    """One decision per record (same order): keep the best K by score, the last N per run, within a budget.
-
-    Records are dicts with `run`, `step`, `score` and (for the budget) `bytes`. Ranking ties go to the
-    later step, then the run name, so the plan is the same for any input order. With `metric`, only
-    records scored on that metric are ranked. `max_bytes` drops kept records, unranked ones first, then
-    the lowest ranked, until the kept bytes fit; the single best record is never dropped.
-    """
-    if mode not in ("max", "min"):
-        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-    if keep_best_k < 0 or keep_last_n < 0:
-        raise ValueError("keep_best_k and keep_last_n must be >= 0")
-    if max_bytes is not None and max_bytes < 0:
-        raise ValueError("max_bytes must be >= 0 (or None for no budget)")
-    sign = 1.0 if mode == "max" else -1.0
-    ranked = [i for i, r in enumerate(records)
-              if _finite(r.get("score")) and (metric is None or r.get("metric") == metric)]
-    ranked.sort(key=lambda i: (sign * float(records[i]["score"]), records[i]["step"], str(records[i].get("run"))),
-                reverse=True)
-    rank = {i: n for n, i in enumerate(ranked)}
-    reasons: dict[int, list[str]] = {i: [] for i in range(len(records))}
-    for i in ranked[: max(keep_best_k, 1)]:
-        reasons[i].append("best" if rank[i] == 0 else "best_k")
-    by_run: dict[Any, list[int]] = {}
-    for i, r in enumerate(records):
-        by_run.setdefault(r.get("run"), []).append(i)
-    for idx in by_run.values():
-        idx.sort(key=lambda i: records[i]["step"])
-        for i in idx[max(len(idx) - keep_last_n, 0) :] if keep_last_n else []:
-            reasons[i].append("last_n")
-    keep = {i for i, why in reasons.items() if why}
-    over_budget: set[int] = set()
-    if max_bytes is not None:
-        total = sum(int(records[i].get("bytes") or 0) for i in keep)
-        # cheapest to lose first: unranked (oldest first), then the lowest ranked
-        order = sorted((i for i in keep if rank.get(i) != 0),
-                       key=lambda i: (i in rank, -rank.get(i, 0), records[i]["step"]))
-        for i in order:
-            if total <= max_bytes:
-                break
-            total -= int(records[i].get("bytes") or 0)
-            over_budget.add(i)
-    return [
-        Decision(r, i in keep and i not in over_budget, rank.get(i),
-                 ("budget",) if i in over_budget else tuple(reasons[i]) if i in keep else ("policy",))
-        for i, r in enumerate(records)
-    ]
-
-
-def plan_retention(records: list[dict], keep_best_k: int, keep_last_n: int, mode: str = "max", *,
-                   max_bytes: int | None = None, metric: str | None = None) -> tuple[list[dict], list[dict]]:
-    """Split records into (keep, delete) by `decide_retention`; both lists ordered by step.
-
-    Input order breaks step ties. A None or non-finite score never counts as best.
-    """
-    decisions = decide_retention(records, keep_best_k, keep_last_n, mode, max_bytes=max_bytes, metric=metric)
-    order = sorted(range(len(records)), key=lambda i: records[i]["step"])
-    return ([records[i] for i in order if decisions[i].keep],
-            [records[i] for i in order if not decisions[i].keep])
 
 
 def _rng_state() -> dict:
@@ -202,7 +102,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, *, optimizer=None, sched
         score = state.get("score")
         meta = {k: state.get(k) for k in ("run", "epoch", "step", "metric") if k in state}
         meta |= {
-            "score": float(score) if _finite(score) else None,
+            "score": float(score) if is_finite_score(score) else None,
             "wall_time": time.time(),
             "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "bytes": size,  # model + config + trainer state (meta.json itself excluded)
@@ -282,14 +182,10 @@ def check_free_space(directory: Path, min_free_gb: float) -> None:
         )
 
 
-def _dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
 class CheckpointManager:
     """A folder of `step-XXXXXXXX` checkpoints and registry.jsonl, pruned to best K + last N per run on save.
 
-    One writer per root. The registry lists exactly the checkpoints on disk.
+    One writer per root. The registry (`pool.registry.Registry`) lists exactly the checkpoints on disk.
     """
 
     def __init__(self, root: Path, *, keep_last_n: int, keep_best_k: int, mode: str = "max",
@@ -299,64 +195,7 @@ class CheckpointManager:
         self.root = Path(root)
         self.keep_last_n, self.keep_best_k, self.mode = keep_last_n, keep_best_k, mode
         self.min_free_gb, self.run = min_free_gb, run
-        if not read_only:
-            self.root.mkdir(parents=True, exist_ok=True)
-            self._recover()
-        self._records = self._read_registry()
-        self._adopt_orphans()
-
-    def _recover(self) -> None:
-        """Undo a killed write: temp dirs/files go; a checkpoint moved aside but not replaced comes back."""
-        for p in self.root.glob(".*"):
-            if ".old-" in p.name and p.is_dir():
-                target = self.root / p.name[1:].split(".old-")[0]
-                if target.exists():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    p.rename(target)
-            elif ".tmp-" in p.name and p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            elif p.name.startswith(f".{REGISTRY}.") and p.is_file():
-                p.unlink(missing_ok=True)
-
-    def _read_registry(self) -> list[dict]:
-        reg = self.root / REGISTRY
-        if not reg.exists():
-            return []
-        records = []
-        for n, record in read_jsonl(reg, "checkpoint"):
-            if not isinstance(record, dict) or not isinstance(record.get("path"), str) \
-                    or not isinstance(record.get("step"), int):
-                raise UserError(f"checkpoint: {reg} line {n} is not a checkpoint record "
-                                "(an object with a string 'path' and an integer 'step')")
-            records.append(record)
-        # A checkpoint deleted by hand is forgotten rather than reported as best.
-        return [r for r in records if (self.root / r["path"]).is_dir()]
-
-    def _adopt_orphans(self) -> None:
-        """Register complete checkpoints the registry lacks (killed between rename and registry write)."""
-        known = {r["path"] for r in self._records}
-        for d in sorted(self.root.glob("step-*")):
-            if d.name in known or not d.is_dir() or not all((d / f).is_file() for f in FILES):
-                continue
-            meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
-            self._records.append(self._record(d, meta.get("run", self.run), meta.get("epoch"),
-                                              meta.get("step", 0), meta.get("score"), meta.get("metric")))
-
-    def _record(self, d: Path, run, epoch, step, score, metric) -> dict:
-        return {
-            "run": run,
-            "epoch": epoch,
-            "step": step,
-            "score": float(score) if _finite(score) else None,
-            "metric": metric,
-            "path": d.name,
-            "bytes": _dir_bytes(d),
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-
-    def _write_registry(self) -> None:
-        write_text(self.root / REGISTRY, "".join(json.dumps(r) + "\n" for r in self._records))
+        self.registry = Registry(self.root, run=run, read_only=read_only)
 
     def save(self, model: torch.nn.Module, *, step: int, epoch: int, score: float | None, metric: str,
              optimizer=None, scheduler=None, scaler=None, state: dict, config: dict) -> Path:
@@ -368,50 +207,32 @@ class CheckpointManager:
                       "metric": metric}
         save_checkpoint(target, model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                         state=full_state, config=config)
-        self._records = [r for r in self._records if r["path"] != target.name]
-        self._records.append(self._record(target, self.run, epoch, step, score, metric))
-        self._write_registry()
+        self.registry.add(self.registry.record_for(target, self.run, epoch, step, score, metric))
         self.prune()
         return target
 
     def prune(self) -> list[dict]:
         """Apply the retention policy: rewrite the registry with the kept records, then delete the rest."""
-        _, drop = plan_retention(self._records, self.keep_best_k, self.keep_last_n, self.mode)
+        _, drop = plan_retention(self.registry.records, self.keep_best_k, self.keep_last_n, self.mode)
         self.remove(drop)
         return drop
 
     def remove(self, records: list[dict]) -> None:
-        """Forget, then delete, these checkpoints of this root.
-
-        The registry is rewritten first, so it never lists a deleted checkpoint; each folder is renamed
-        to a `.tmp-` name before removal, so a kill mid-way leaves either a whole checkpoint or a temp
-        folder that the next manager clears (`_recover`). Calling it again for the same records is a no-op.
-        """
-        gone = {r["path"] for r in records}
-        if not gone:
-            return
-        self._records = [r for r in self._records if r["path"] not in gone]
-        self._write_registry()
-        for name in sorted(gone):
-            target = self.root / name
-            if not target.exists():
-                continue
-            trash = self.root / f".{name}.tmp-gc-{os.getpid()}"
-            os.replace(target, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+        """Forget, then delete, these checkpoints of this root (`Registry.remove`: safe against a kill)."""
+        self.registry.remove(records)
 
     @property
     def records(self) -> list[dict]:
-        return [dict(r) for r in sorted(self._records, key=lambda r: r["step"])]
+        """Copies of the records, ordered by step."""
+        return self.registry.records
 
     @property
     def best(self) -> Path | None:
         """The best finite-score checkpoint (ties: later step)."""
-        keep, _ = plan_retention(self._records, 1, 0, self.mode)
+        keep, _ = plan_retention(self.registry.records, 1, 0, self.mode)
         return self.root / keep[0]["path"] if keep else None
 
     @property
     def latest(self) -> Path | None:
         """The checkpoint with the highest step of this manager's run (what a resume loads)."""
-        mine = [r for r in self._records if r["run"] == self.run]
-        return self.root / max(mine, key=lambda r: r["step"])["path"] if mine else None
+        return self.registry.latest(self.run)

@@ -38,7 +38,7 @@ class Group:
 
 
 @dataclass(frozen=True)
-class EncodeSpec:
+class WindowSpec:
     input_format: str  # multi_label | binary_pairs
     level: str  # post | sentence
     max_length: int
@@ -102,10 +102,10 @@ def _spans(sent_ids: np.ndarray, evidence: list[np.ndarray]) -> list[list[tuple[
     return out
 
 
-class Encoder:
-    """Encodes posts/sentences for one tokenizer and spec; descriptions are the criteria texts (A.1-A.9)."""
+class Windower:
+    """Tokenizes posts/sentences and cuts them into model windows (Groups); descriptions are the criteria texts (A.1-A.9)."""
 
-    def __init__(self, tokenizer, spec: EncodeSpec, descriptions: list[str]):
+    def __init__(self, tokenizer, spec: WindowSpec, descriptions: list[str]):
         self.tok = tokenizer
         # posts are tokenized whole and windowed here, so the tokenizer's length warning does not apply
         tokenizer.model_max_length = 10**9

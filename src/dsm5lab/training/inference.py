@@ -2,32 +2,34 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import numpy as np
 import pandas as pd
 import torch
 
 from dsm5lab.config import Params
 from dsm5lab.data.labels import SYMPTOMS
-from dsm5lab.errors import UserError
-from dsm5lab.evaluation.metrics import multilabel_f1
+from dsm5lab.device import autocast_for, to_device
+from dsm5lab.metrics import multilabel_f1
 from dsm5lab.training.encoding import Group, bucket_batches, collate
-from dsm5lab.training.objective import objective
+from dsm5lab.training.multitask_loss import multitask_loss
+
+# Validation metrics a run computes (validation_metrics); train.early_stopping.metric and HPO objectives pick one.
+VAL_METRICS = {
+    "criteria": ("val/loss", "val/macro_f1", "val/micro_f1", "val/score"),
+    "evidence": ("val/loss", "val/sentence_macro_f1", "val/sentence_micro_f1", "val/score"),
+    "joint": ("val/loss", "val/macro_f1", "val/micro_f1", "val/sentence_macro_f1", "val/sentence_micro_f1", "val/score"),
+}
 
 
-def autocast_for(device: torch.device, precision: str):
-    """The autocast context for a precision, or a null context for fp32."""
-    if precision == "fp32":
-        return nullcontext()
-    if device.type != "cuda" and precision == "fp16":
-        raise UserError("train.precision: fp16 needs a CUDA device; use bf16 or fp32 on CPU")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+def load_for_inference(model_dir):
+    """A saved model on the device it will run on, its Windower, config and criteria (evaluate and predict)."""
+    from dsm5lab.device import pick_device
+    from dsm5lab.models.saved import load_model
+    from dsm5lab.training.encoding import Windower, WindowSpec
 
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    model, tokenizer, config, criteria = load_model(model_dir)
+    windower = Windower(tokenizer, WindowSpec(**config["encode"]), [c.description for c in criteria])
+    return model.to(pick_device()), windower, config, criteria
 
 
 @torch.no_grad()
@@ -49,7 +51,7 @@ def predict(model, groups: list[Group], batch_size: int, pad_id: int, device, pr
         with autocast_for(device, precision):
             out = model(batch)
             if params is not None:
-                loss, _ = objective(out, batch, model, params, weights)
+                loss, _ = multitask_loss(out, batch, model, params, weights)
                 losses.append(loss.item())
                 sizes.append(len(idx))
         if "logits" in out:

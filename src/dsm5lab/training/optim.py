@@ -10,13 +10,14 @@ from torch import nn
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
 
-def param_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_multiplier: float) -> list[dict]:
+def param_groups(model, lr: float, weight_decay: float, head_lr_multiplier: float) -> list[dict]:
     """Four groups: encoder/head x decay/no-decay (biases and norm weights are not decayed)."""
+    heads = {id(p) for _, p in model.head_parameters()}
     groups: dict[tuple[bool, bool], list] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        is_head = not name.startswith("encoder.")
+        is_head = id(param) in heads
         decay = param.ndim > 1 and not any(name.endswith(k) for k in NO_DECAY)
         groups.setdefault((is_head, decay), []).append(param)
     return [
@@ -30,18 +31,22 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_multi
     ]
 
 
+# train.scheduler: the lr multiplier after warmup as a function of progress through the decay (0 -> 1)
+SCHEDULERS = {
+    "linear": lambda progress: max(0.0, 1.0 - progress),
+    "cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * progress)),
+    "constant": lambda progress: 1.0,
+}
+
+
 def lr_lambda(kind: str, total_steps: int, warmup_steps: int):
-    """Multiplier of the base lr at a step: linear warmup, then linear decay, cosine decay or constant."""
+    """Multiplier of the base lr at a step: linear warmup, then the `kind` decay of SCHEDULERS."""
+    decay = SCHEDULERS[kind]
 
     def fn(step: int) -> float:
         if warmup_steps and step < warmup_steps:
             return (step + 1) / warmup_steps
-        if kind == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        if kind == "linear":
-            return max(0.0, 1.0 - progress)
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return decay(min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)))
 
     return fn
 

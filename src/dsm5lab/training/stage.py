@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from dsm5lab import atomic
+from dsm5lab import atomic, layout
 from dsm5lab.config import Params
-from dsm5lab.training.checkpoint import TRAIN_RUN
-
-PREPARED = Path("stages/prepare")
-MODEL_OUT = Path("stages/train/model")
-METRICS_FILE = Path("metrics/train.json")
-LIVE_DIR = Path("reports/train/live")
 
 
 def summary(result) -> dict:
@@ -36,29 +29,27 @@ def summary(result) -> dict:
     return out
 
 
-def run(params: Params, root: Path = Path("."), resume: bool = False, run_name: str = TRAIN_RUN):
+def run(params: Params, root: Path = Path("."), resume: bool = False, run_name: str = layout.TRAIN_RUN):
     """Train from params alone; write the model, metrics/train.json and the dvclive curves."""
     from dsm5lab.tracking import Tracker, TrackingSettings
-    from dsm5lab.training.loop import RunPaths, fit
+    from dsm5lab.training.loop import export_best, fit
+    from dsm5lab.training.run import RunPaths, build_run
 
     root = Path(root)
-    checkpoints = root / params.train.checkpoint.dir / run_name
-    paths = RunPaths(prepared=root / PREPARED, model_out=root / MODEL_OUT, checkpoints=checkpoints,
-                     live_dir=root / LIVE_DIR)
+    paths = RunPaths(prepared=root / layout.PREPARED, checkpoints=root / params.train.checkpoint.dir / run_name)
+    model_out = root / layout.TRAINED_MODEL
     settings = TrackingSettings(
         mlflow_uri=params.tracking.mlflow_uri, experiment=params.tracking.experiment, run_name=run_name,
-        live_dir=paths.live_dir, run_dir=checkpoints, resume=resume,
+        live_dir=root / layout.TRAIN_LIVE, run_dir=paths.checkpoints, resume=resume,
     )
     with Tracker(settings) as tracker:
-        result = fit(params, paths, tracker, resume=resume)
+        run = build_run(params, paths, resume=resume)
+        result = fit(run, tracker)
+        export_best(run, result, model_out)
         report = summary(result)
         tracker.log_summary({f"best/{k}": v for k, v in report["val"].items()})
         tracker.event("throughput", **result.throughput)
-        if paths.model_out.exists():
-            tracker.log_artifacts(paths.model_out, "model")
-    atomic.write_json(root / METRICS_FILE, report)
+        if model_out.exists():
+            tracker.log_artifacts(model_out, "model")
+    atomic.write_json(root / layout.TRAIN_METRICS, report)
     return result, report
-
-
-def read_metrics(root: Path = Path(".")) -> dict:
-    return json.loads((Path(root) / METRICS_FILE).read_text())

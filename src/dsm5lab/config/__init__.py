@@ -10,17 +10,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from dsm5lab.config.base import Strict
+from dsm5lab.config.hpo import HpoConfig, check_against_params
 from dsm5lab.errors import UserError
-from dsm5lab.hpo.schema import HpoConfig, check_against_params
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SyntheticConfig(_Strict):
+class SyntheticConfig(Strict):
     """The seeded ReDSM5-format generator (data.source = synthetic)."""
 
     n_posts: int = Field(ge=20, le=200_000)
@@ -37,7 +34,7 @@ class SyntheticConfig(_Strict):
     min_posts_per_criterion: int = Field(ge=0, le=1_000)
 
 
-class HFConfig(_Strict):
+class HFConfig(Strict):
     """A Hub dataset id or a local dataset directory read through `datasets`."""
 
     dataset: str = Field(min_length=1)
@@ -48,7 +45,7 @@ class HFConfig(_Strict):
     annotations_split: str | None
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     source: Literal["synthetic", "csv", "hf"]
     csv_dir: str
     hf: HFConfig
@@ -56,7 +53,7 @@ class DataConfig(_Strict):
     synthetic: SyntheticConfig
 
 
-class SplitRatios(_Strict):
+class SplitRatios(Strict):
     train: float = Field(gt=0.0, lt=1.0)
     val: float = Field(gt=0.0, lt=1.0)
     test: float = Field(gt=0.0, lt=1.0)
@@ -69,18 +66,18 @@ class SplitRatios(_Strict):
         return self
 
 
-class AlignmentConfig(_Strict):
+class AlignmentConfig(Strict):
     fuzzy_threshold: float = Field(ge=50.0, le=100.0)
 
 
-class PrepareConfig(_Strict):
+class PrepareConfig(Strict):
     split: SplitRatios
     n_folds: int = Field(ge=2, le=20)
     alignment: AlignmentConfig
     require_all_criteria: bool
 
 
-class TinyConfig(_Strict):
+class TinyConfig(Strict):
     hidden_size: int = Field(ge=8, le=2048)
     num_layers: int = Field(ge=1, le=48)
     num_heads: int = Field(ge=1, le=64)
@@ -94,7 +91,7 @@ class TinyConfig(_Strict):
         return self
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     backbone: str = Field(min_length=1)
     max_length: int = Field(ge=16, le=8192)
     stride: int = Field(ge=0)
@@ -117,25 +114,25 @@ class ModelConfig(_Strict):
         return self
 
 
-class EarlyStopping(_Strict):
+class EarlyStopping(Strict):
     metric: str = Field(pattern=r"^val/[a-z0-9_]+$")
     patience: int = Field(ge=1)
     min_delta: float = Field(ge=0.0)
 
 
-class BatchProbe(_Strict):
+class BatchProbe(Strict):
     enabled: bool
     headroom: float = Field(ge=0.0, lt=1.0)
 
 
-class CheckpointConfig(_Strict):
+class CheckpointConfig(Strict):
     dir: str = Field(min_length=1)
     keep_last_n: int = Field(ge=1)
     keep_best_k: int = Field(ge=1)
     min_free_gb: float = Field(ge=0.0)
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     task: Literal["criteria", "evidence", "joint"]
     input_format: Literal["multi_label", "binary_pairs"]
     level: Literal["post", "sentence"]
@@ -175,12 +172,12 @@ class TrainConfig(_Strict):
         return self
 
 
-class TrackingConfig(_Strict):
+class TrackingConfig(Strict):
     mlflow_uri: str | None
     experiment: str = Field(min_length=1)
 
 
-class EvaluateConfig(_Strict):
+class EvaluateConfig(Strict):
     batch_size: int = Field(ge=1)
     bootstrap_resamples: int = Field(ge=0, le=100_000)
     ci_level: float = Field(gt=0.5, lt=1.0)
@@ -189,7 +186,7 @@ class EvaluateConfig(_Strict):
     max_errors: int = Field(ge=0)
 
 
-class RetentionConfig(_Strict):
+class RetentionConfig(Strict):
     """The retention stage: which checkpoints of the scratch pool (train.checkpoint.dir) survive."""
 
     keep_best_k: int = Field(ge=1, le=1000)
@@ -199,7 +196,7 @@ class RetentionConfig(_Strict):
     dry_run: bool
 
 
-class Params(_Strict):
+class Params(Strict):
     seed: int = Field(ge=0)
     data: DataConfig
     prepare: PrepareConfig

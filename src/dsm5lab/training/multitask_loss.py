@@ -1,4 +1,4 @@
-"""The multi-task training objective and its class weights."""
+"""The multi-task training loss (weighted criteria and evidence parts) and its class weights."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def class_weights(groups: list[Group], loss: str, device) -> dict:
     return out
 
 
-def objective(out: dict, batch: dict, model: MultiTaskModel, params: Params, weights: dict) -> tuple[torch.Tensor, dict]:
+def multitask_loss(out: dict, batch: dict, model: MultiTaskModel, params: Params, weights: dict) -> tuple[torch.Tensor, dict]:
     """Weighted multi-task loss and its parts; `weights` are the class_weights of the training set."""
     t = params.train
     parts: dict[str, torch.Tensor] = {}

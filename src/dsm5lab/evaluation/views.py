@@ -1,4 +1,4 @@
-"""The `evaluate` stage: test-split metrics for every task and view, thresholds tuned on validation only.
+"""The evaluation views: test-split metrics for every task and view, thresholds tuned on validation only.
 
 Every number names its split and what it averages over. The test split is read once,
 after the thresholds are fixed from validation predictions.
@@ -15,7 +15,7 @@ import pandas as pd
 from dsm5lab.data.labels import NO_SYMPTOMS, SYMPTOMS
 from dsm5lab.data.schema import read_table
 from dsm5lab.evaluation.evidence_metrics import ranking_metrics, sentence_prf, span_scores
-from dsm5lab.evaluation.metrics import bootstrap_ci, classification_report, multilabel_f1, tune_thresholds
+from dsm5lab.metrics import bootstrap_ci, classification_report, multilabel_f1, tune_thresholds
 
 PAPER_CLASSES = (*SYMPTOMS, NO_SYMPTOMS)
 
@@ -32,12 +32,12 @@ class SplitPredictions:
     spans: np.ndarray | None  # (n_posts, 9, 3) best evidence span per criterion: char start, end, score
 
 
-def predict_split(name, model, encoder, posts, sentences, batch_size, device) -> SplitPredictions:
+def predict_split(name, model, windower, posts, sentences, batch_size, device) -> SplitPredictions:
     """Run the model over a split's posts and gather per-post criteria and evidence outputs."""
     from dsm5lab.training.inference import post_matrix, predict
 
-    groups = encoder.encode(posts, sentences)
-    pad = encoder.tok.pad_token_id
+    groups = windower.encode(posts, sentences)
+    pad = windower.tok.pad_token_id
     out = predict(model, groups, batch_size, pad, device, "fp32", spans=model.spec.has_evidence)
     ids = posts["post_id"].tolist()
     row = {pid: i for i, pid in enumerate(ids)}

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-# Metrics a trial can be scored on besides the validation metrics of its task (see training.loop.VAL_METRICS).
-EXTRA_OBJECTIVES = ("model/n_parameters", "train/seconds")
+from dsm5lab import dotted
+from dsm5lab.config.base import Strict
+
 SEARCHABLE = ("model.", "train.")  # trials change model and train keys only; data and splits stay fixed
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 Choice = bool | int | float | str | None  # what Optuna stores as a categorical choice
 
 
-class Dist(_Strict):
+class Dist(Strict):
     """One searched parameter: a float or int range, or categorical choices; `when` makes it conditional."""
 
     type: Literal["float", "int", "categorical"]
@@ -64,17 +61,17 @@ class Dist(_Strict):
         return [cast(self.low), cast(self.high)]
 
 
-class Objective(_Strict):
+class Objective(Strict):
     metric: str = Field(pattern=r"^(val/[a-z0-9_]+|model/n_parameters|train/seconds)$")
     direction: Literal["maximize", "minimize"]
 
 
-class SamplerConfig(_Strict):
+class SamplerConfig(Strict):
     type: Literal["tpe", "random", "cmaes", "nsga2"]
     n_startup_trials: int = Field(ge=0)  # tpe/cmaes: random trials before the model-based sampler starts
 
 
-class PrunerConfig(_Strict):
+class PrunerConfig(Strict):
     type: Literal["median", "hyperband", "none"]
     n_startup_trials: int = Field(ge=0)  # median: finished trials before anything is pruned
     n_warmup_steps: int = Field(ge=0)  # median: reports a trial makes before it can be pruned
@@ -84,19 +81,19 @@ class PrunerConfig(_Strict):
     min_delta: float = Field(ge=0.0)
 
 
-class CVConfig(_Strict):
+class CVConfig(Strict):
     enabled: bool
     folds: int | None = Field(ge=1)  # use the first N folds prepare made; null = all of them
     aggregate: Literal["mean", "median", "min", "max"]
 
 
-class StaleConfig(_Strict):
+class StaleConfig(Strict):
     heartbeat_interval_s: int = Field(ge=1)  # SQL storages: a live trial writes a heartbeat this often
     grace_period_s: int = Field(ge=1)  # SQL storages: a RUNNING trial silent this long is failed
     max_retry: int = Field(ge=0)  # a failed stale trial is re-run with the same params up to this often
 
 
-class HpoConfig(_Strict):
+class HpoConfig(Strict):
     study_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     storage: str | None
     workers: int = Field(ge=1, le=256)
@@ -170,28 +167,11 @@ def check_against_params(hpo: HpoConfig, raw: dict[str, Any], validate) -> None:
         _check_value(raw, {key: value}, f"hpo.trial_overrides.{key}", validate)
 
 
-def get_path(raw: dict[str, Any], key: str) -> Any:
-    node: Any = raw
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise KeyError(key)
-        node = node[part]
-    return node
-
-
-def set_path(raw: dict[str, Any], key: str, value: Any) -> None:
-    *parents, leaf = key.split(".")
-    node = raw
-    for part in parents:
-        node = node[part]
-    node[leaf] = value
-
-
 def _check_key(key: str, raw: dict[str, Any], where: str) -> None:
     if not key.startswith(SEARCHABLE):
         raise ValueError(f"{where}: '{key}' cannot be searched (allowed: keys under {', '.join(SEARCHABLE)})")
     try:
-        value = get_path(raw, key)
+        value = dotted.get(raw, key)
     except KeyError:
         raise ValueError(f"{where}: '{key}' is not a key of params.yaml") from None
     if isinstance(value, dict):
@@ -203,7 +183,7 @@ def _check_value(raw: dict[str, Any], values: dict[str, Any], where: str, valida
 
     trial = copy.deepcopy(raw)
     for key, value in values.items():
-        set_path(trial, key, value)
+        dotted.put(trial, key, value)
     try:
         validate(trial)
     except ValueError as exc:

@@ -1,4 +1,4 @@
-"""One Optuna trial = suggest -> the same `fit()` as the train stage -> report and prune.
+"""One Optuna trial = suggest -> the same `build_run()` and `fit()` as the train stage -> report and prune.
 
 A trial reports once per validation (or, in cross-validation, once per fold with the aggregate
 so far); the pruner may stop it there. Per-fold metrics, epochs run and why a trial stopped are
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from dsm5lab import layout
 from dsm5lab.config import Params
 from dsm5lab.hpo.space import InvalidTrialParams, base_values, resolved_values, suggest, trial_params
 from dsm5lab.hpo.storage import WORKER_ATTR, worker_tag
-from dsm5lab.training.checkpoint import HPO_POOL_DIR
 
 AGGREGATE: dict[str, Callable[[list[float]], float]] = {
     "mean": statistics.fmean, "median": statistics.median, "min": min, "max": max,
@@ -74,7 +74,7 @@ class Reporter:
             raise optuna.TrialPruned(f"pruned at report {self.offset + self.n - 1}")
 
 
-def objective_values(result, objectives) -> list[float]:
+def trial_values(result, objectives) -> list[float]:
     """The trial's score(s) from a finished fit: the best checkpoint's validation metrics, or a cost."""
     out = []
     for o in objectives:
@@ -92,7 +92,8 @@ def run_trial(trial, ctx: StudyContext) -> float | list[float]:
     import optuna
 
     from dsm5lab.tracking import PARENT_TAG, Tracker, TrackingSettings
-    from dsm5lab.training.loop import DivergedError, RunPaths, fit
+    from dsm5lab.training.loop import DivergedError, fit
+    from dsm5lab.training.run import RunPaths, build_run
 
     hpo = ctx.params.hpo
     started = time.monotonic()
@@ -105,10 +106,10 @@ def run_trial(trial, ctx: StudyContext) -> float | list[float]:
         trial.set_user_attr("stop_reason", "invalid params")
         raise
     trial.set_user_attr("values", values)
-    prepared = ctx.root / "stages/prepare"
+    prepared = ctx.root / layout.PREPARED
     plan = fold_plan(tp, prepared)
     trial.set_user_attr("epochs_planned", tp.train.epochs * len(plan))
-    run_dir = ctx.root / tp.train.checkpoint.dir / HPO_POOL_DIR / ctx.study_name / f"trial-{trial.number:04d}"
+    run_dir = ctx.root / tp.train.checkpoint.dir / layout.trial_run(ctx.study_name, trial.number)
     tags = {"optuna.study": ctx.study_name, "optuna.trial": str(trial.number)}
     if ctx.parent_run_id:
         tags[PARENT_TAG] = ctx.parent_run_id
@@ -125,14 +126,14 @@ def run_trial(trial, ctx: StudyContext) -> float | list[float]:
         for k, (name, train_ids, val_ids) in enumerate(plan):
             reporter = Reporter(trial, metric, report=report and not cv, deadline=deadline)
             child = tracker.child(f"{settings.run_name}/{name}") if cv else None
-            paths = RunPaths(prepared=prepared, model_out=None, live_dir=None,
-                             checkpoints=run_dir / name if cv else run_dir)
+            paths = RunPaths(prepared=prepared, checkpoints=run_dir / name if cv else run_dir)
             try:
+                run = build_run(tp, paths, train_ids=train_ids, val_ids=val_ids)
                 if child is None:
-                    result = fit(tp, paths, tracker, train_ids=train_ids, val_ids=val_ids, on_validation=reporter)
+                    result = fit(run, tracker, on_validation=reporter)
                 else:
                     with child:
-                        result = fit(tp, paths, child, train_ids=train_ids, val_ids=val_ids, on_validation=reporter)
+                        result = fit(run, child, on_validation=reporter)
             except optuna.TrialPruned as exc:
                 epochs_run += reporter.epochs
                 stopped = exc
@@ -141,7 +142,7 @@ def run_trial(trial, ctx: StudyContext) -> float | list[float]:
                 trial.set_user_attr("stop_reason", "diverged")
                 raise
             epochs_run += reporter.epochs
-            scores = objective_values(result, hpo.objectives)
+            scores = trial_values(result, hpo.objectives)
             folds.append({"fold": name, "values": scores, "best": result.best, "epochs_run": result.epochs_run})
             if cv:
                 trial.set_user_attr("fold_metrics", folds)
