@@ -96,14 +96,12 @@ def _select_ids(prepared: Path, max_posts: int | None, seed: int):
     return pick(train, max_posts), pick(val, n_val)
 
 
-def _our_padding(groups, micro: int, seed: int, epochs: int) -> float:
-    """Share of padded token slots in the batches fit() builds (its bucket_batches order, replayed)."""
-    from dsm5lab.training.encoding import bucket_batches
-
+def _our_padding(run, epochs: int) -> float:
+    """Share of padded token slots in the batches fit() builds (its epoch order, replayed)."""
     real = cells = 0
     for epoch in range(epochs):
-        for idx in bucket_batches([g.n_tokens for g in groups], micro, np.random.default_rng([seed, epoch])):
-            lengths = [len(w.input_ids) for i in idx for w in groups[i].windows]
+        for idx in run.epoch_order(epoch):
+            lengths = [len(w.input_ids) for i in idx for w in run.train_groups[i].windows]
             real, cells = real + sum(lengths), cells + len(lengths) * max(lengths)
     return 1.0 - real / cells
 
@@ -175,7 +173,10 @@ def trainer_throughput(params: Params, run, micro: int, accum: int, device: torc
 
 
 def predict_throughput(params: Params, run, device: torch.device, repeats: int = 2) -> dict:
-    """Inference only (no loss): best of `repeats` full passes of predict() over the val groups."""
+    """Inference only (no loss): best of `repeats` full passes of predict() over the val groups.
+
+    Timed on the weights training ended with: the cost of a pass does not depend on their values.
+    """
     from dsm5lab.training.inference import predict
 
     t = params.train
@@ -229,7 +230,8 @@ def run_bench(params: Params, root: Path, out_dir: Path, *, epochs: int | None =
         run = build_run(params, RunPaths(prepared=prepared, checkpoints=Path(tmp) / "ckpt"), train_ids=train_ids,
                         val_ids=val_ids)
         device = run.device
-        initial = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+        # on the CPU: a GPU copy would eat the memory the batch probe measured
+        initial = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()}
         log.info("bench: training with our loop")
         result = fit(run, _NullTracker())
         tp = result.throughput
@@ -238,7 +240,7 @@ def run_bench(params: Params, root: Path, out_dir: Path, *, epochs: int | None =
                 "seconds": tp["train_seconds"], "groups": round(tp["samples_per_s"] * tp["train_seconds"]),
                 "tokens": round(tp["tokens_per_s"] * tp["train_seconds"]),
                 "sampler": "length-bucketed (bucket_batches)",
-                "pad_fraction": _our_padding(run.train_groups, micro, params.seed, t.epochs),
+                "pad_fraction": _our_padding(run, t.epochs),
                 "optimizer": "AdamW (dsm5lab.training.optim groups)"}
         log.info("bench: predict throughput")
         pred = predict_throughput(params, run, device)
@@ -246,6 +248,9 @@ def run_bench(params: Params, root: Path, out_dir: Path, *, epochs: int | None =
         try:
             _require_accelerate()
             run.model.load_state_dict(initial)
+            run.optimizer.state.clear()  # our AdamW moments would sit beside the Trainer's
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
             trainer = trainer_throughput(params, run, micro, accum, device, Path(tmp) / "trainer")
         except UserError as exc:
             trainer, error = {"error": str(exc)}, exc

@@ -1,1 +1,1 @@
-"""Metrics and evaluation reports."""
+"""Evaluation: evidence metrics, the report's views and the evaluate stage (core metrics: dsm5lab.metrics)."""

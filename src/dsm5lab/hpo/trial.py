@@ -128,12 +128,13 @@ def run_trial(trial, ctx: StudyContext) -> float | list[float]:
             child = tracker.child(f"{settings.run_name}/{name}") if cv else None
             paths = RunPaths(prepared=prepared, checkpoints=run_dir / name if cv else run_dir)
             try:
-                run = build_run(tp, paths, train_ids=train_ids, val_ids=val_ids)
                 if child is None:
-                    result = fit(run, tracker, on_validation=reporter)
+                    result = fit(build_run(tp, paths, train_ids=train_ids, val_ids=val_ids), tracker,
+                                 on_validation=reporter)
                 else:
-                    with child:
-                        result = fit(run, child, on_validation=reporter)
+                    with child:  # a fold that fails to build still gets its MLflow run and run_end event
+                        result = fit(build_run(tp, paths, train_ids=train_ids, val_ids=val_ids), child,
+                                     on_validation=reporter)
             except optuna.TrialPruned as exc:
                 epochs_run += reporter.epochs
                 stopped = exc

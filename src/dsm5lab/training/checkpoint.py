@@ -189,13 +189,12 @@ class CheckpointManager:
     """
 
     def __init__(self, root: Path, *, keep_last_n: int, keep_best_k: int, mode: str = "max",
-                 min_free_gb: float = 0.0, run: str = "run", read_only: bool = False):
-        """read_only: only read the registry (for planning): no folder is created, no leftover cleared."""
+                 min_free_gb: float = 0.0, run: str = "run"):
         plan_retention([], keep_best_k, keep_last_n, mode)  # validates the policy values
         self.root = Path(root)
         self.keep_last_n, self.keep_best_k, self.mode = keep_last_n, keep_best_k, mode
         self.min_free_gb, self.run = min_free_gb, run
-        self.registry = Registry(self.root, run=run, read_only=read_only)
+        self.registry = Registry(self.root, run=run)
 
     def save(self, model: torch.nn.Module, *, step: int, epoch: int, score: float | None, metric: str,
              optimizer=None, scheduler=None, scaler=None, state: dict, config: dict) -> Path:
@@ -214,12 +213,8 @@ class CheckpointManager:
     def prune(self) -> list[dict]:
         """Apply the retention policy: rewrite the registry with the kept records, then delete the rest."""
         _, drop = plan_retention(self.registry.records, self.keep_best_k, self.keep_last_n, self.mode)
-        self.remove(drop)
+        self.registry.remove(drop)  # registry first, then the folders: safe against a kill
         return drop
-
-    def remove(self, records: list[dict]) -> None:
-        """Forget, then delete, these checkpoints of this root (`Registry.remove`: safe against a kill)."""
-        self.registry.remove(records)
 
     @property
     def records(self) -> list[dict]:
