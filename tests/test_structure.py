@@ -185,7 +185,8 @@ REGISTRIES = {
     "train.scheduler": ["dsm5lab.training.optim:SCHEDULERS", "dsm5lab.bench:SCHEDULES"],
     "hpo.sampler.type": ["dsm5lab.hpo.study:SAMPLERS"],
     "hpo.pruner.type": ["dsm5lab.hpo.study:PRUNERS"],
-    "hpo.cv.aggregate": ["dsm5lab.hpo.trial:AGGREGATE"],  # hpo/objective.py became hpo/trial.py
+    "hpo.cv.aggregate": ["dsm5lab.hpo.trial:AGGREGATE"],
+    "numerics.cpu_isa": ["dsm5lab.numerics:LEVELS"],
 }
 
 # Literal fields with no registry: plain switches whose values are tested where they are used.
@@ -195,7 +196,7 @@ NO_REGISTRY = {
     "train.level": "post vs sentence branch in training.encoding and the TrainConfig validator",
     "train.task_coupling": "a flag models.multitask checks (`coupling == 'coupled'`)",
     "train.precision": "an if-chain in device.autocast_for, plus the fp16 GradScaler in training.run",
-    "retention.scope": "current vs all branch in retention.stage",
+    "retention.scope": "current vs all branch in the retention stage",
     "hpo.objectives[].direction": "passed verbatim to optuna.create_study(directions=...)",
     "hpo.spaces.*.*.type": "Dist shape check in config.hpo and the if-chain in hpo.space",
 }

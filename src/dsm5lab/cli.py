@@ -12,7 +12,7 @@ from typing import Annotated, Callable
 
 import typer
 
-from dsm5lab.layout import HPO_BEST
+from dsm5lab.layout import HPO_BEST, RETAINED
 
 app = typer.Typer(
     name="dsm5lab",
@@ -50,6 +50,15 @@ def _load(params: Path, overrides: list[str] | None):
     from dsm5lab.config import load_params
 
     return load_params(params, overrides or [])
+
+
+def _load_pinned(params: Path, overrides: list[str] | None):
+    """Params of a command that computes with torch, with CPU dispatch pinned (numerics.cpu_isa) before it does."""
+    from dsm5lab.numerics import pin
+
+    cfg = _load(params, overrides)
+    pin(cfg.numerics.cpu_isa)
+    return cfg
 
 
 def _print_table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
@@ -112,7 +121,7 @@ def train(
     """Train the model params.yaml describes on stages/prepare; write stages/train/model and metrics/train.json."""
     from dsm5lab.training import stage
 
-    cfg = _load(params, set_)
+    cfg = _load_pinned(params, set_)
     result, report = stage.run(cfg, Path("."), resume=resume)
     val = report["val"]
     typer.echo(
@@ -135,7 +144,7 @@ def evaluate(
     """Evaluate on the test split (thresholds tuned on val): report, plots, errors, metrics/evaluate.json."""
     from dsm5lab.evaluation import stage
 
-    cfg = _load(params, set_)
+    cfg = _load_pinned(params, set_)
     if model is not None and out is None:
         out = Path("reports") / f"evaluate-{model.resolve().name}"
     report = stage.run(cfg, Path("."), model_dir=model, out_dir=out)
@@ -198,7 +207,7 @@ def hpo_run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> Non
     """The hpo stage: create or resume the study, run trials to hpo.n_trials, write best params and reports."""
     from dsm5lab.hpo import study
 
-    metrics = study.run(_load(params, set_), Path("."), echo=_err)
+    metrics = study.run(_load_pinned(params, set_), Path("."), echo=_err)
     t = metrics["trials"]
     typer.echo(f"hpo: study {metrics['study']}: best trial {metrics['best_trial']} value {metrics['best_value']}; "
                f"{t['complete']} complete, {t['pruned']} pruned, {t['failed']} failed; pruning saved "
@@ -253,7 +262,7 @@ def hpo_compare_pruning(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = 
     """Benchmark: re-run the hpo stage's finished trials without pruning; report the compute pruning saved."""
     from dsm5lab.hpo.compare import OUT, compare_pruning
 
-    r = compare_pruning(_load(params, set_), Path("."))
+    r = compare_pruning(_load_pinned(params, set_), Path("."))
     w, wo = r["with_pruning"], r["without_pruning"]
     typer.echo(f"{r['trials']} trials, {len(r['pruned'])} pruned: {w['trial_seconds']} s / {w['trial_epochs']} "
                f"trial-epochs with pruning, {wo['trial_seconds']} s / {wo['trial_epochs']} without; saved "
@@ -289,7 +298,6 @@ def retention(
         "--dry-run", help="print the plan; write and delete nothing (retention.dry_run: true still writes the reports).")] = False,
 ) -> None:
     """Keep the best-K checkpoints of train and HPO trials (copied into stages/retention), delete the rest."""
-    from dsm5lab import layout
     from dsm5lab import retention as stage
 
     cfg = _load(params, set_)
@@ -300,7 +308,7 @@ def retention(
         typer.echo(f"retention: warning: left {s['run']} alone: {s['reason']}", err=True)
     rows = [("-" if t["rank"] is None else str(t["rank"] + 1), t["run"], str(t["step"]),
              "-" if t["score"] is None else f"{t['score']:.4f}", "+".join(t["reasons"])) for t in m["kept"]]
-    where = "(plan only)" if dry_run else f"-> {layout.RETAINED}"
+    where = "(plan only)" if dry_run else f"-> {RETAINED}"
     _print_table(f"retention: {len(rows)} kept by {m['policy']['metric']} {where}",
                  ("rank", "run", "step", "score", "kept as"), rows)
     if dry_run:
@@ -312,21 +320,56 @@ def retention(
                + (f"; dry run: would free {m['would_free_bytes'] / 1e6:.1f} MB" if dry else ""))
 
 
-@app.command()
+gate_app = typer.Typer(help="The CI regression gate: metrics against a committed baseline; `calibrate` its tolerances.",
+                       invoke_without_command=True)
+app.add_typer(gate_app, name="gate")
+GateFileOpt = Annotated[Path, typer.Option("--gate-file", help="tolerances per metric.")]
+
+
+@gate_app.callback()
 @user_errors
 def gate(
+    ctx: typer.Context,
     rev: Annotated[str, typer.Option("--rev", help="git revision holding the baseline metrics files.")] = "HEAD",
-    gate_file: Annotated[Path, typer.Option("--gate-file", help="tolerances per metric.")] = Path("gate.yaml"),
+    gate_file: GateFileOpt = Path("gate.yaml"),
 ) -> None:
     """Fail (exit 1) when a metric dropped beyond its tolerance against the baseline at --rev."""
+    if ctx.invoked_subcommand is not None:
+        return
     from dsm5lab import gate as gate_mod
 
     result = gate_mod.check(Path("."), gate_file, rev)
+    typer.echo(f"gate: {result.mode} applies: {result.why}")
     _print_table(f"gate: metrics vs {rev}", gate_mod.HEADER, gate_mod.rows(result))
     if not result.passed:
         typer.echo(f"gate: {result.n_failed} metric(s) regressed beyond tolerance", err=True)
+        if result.differences:
+            typer.echo("gate: this machine differs from the calibration in " + "; ".join(result.differences)
+                       + " (a machine difference, not necessarily a regression)", err=True)
+        elif result.mode == "tolerance" and result.calibrated:
+            typer.echo("gate: numerics match the calibration's, so the change is in what the model learned", err=True)
         raise typer.Exit(code=1)
     typer.echo("gate: passed")
+
+
+@gate_app.command("calibrate")
+@user_errors
+def gate_calibrate(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    seeds: Annotated[int, typer.Option("--seeds", help="training seeds to run (seed, seed+1, ...).")] = 5,
+    gate_file: GateFileOpt = Path("gate.yaml"),
+) -> None:
+    """Measure each gated metric's spread over training seeds (train + evaluate each) and write it into gate.yaml."""
+    from dsm5lab.calibrate import calibrate
+
+    cfg = _load_pinned(params, set_)
+    out = calibrate(cfg, Path("."), gate_file, seeds)
+    rows = [(Path(f).stem, k, f"{t['seed_spread']['mean']:.4f}", f"{t['seed_spread']['std']:.4f}",
+             f"{t['seed_spread']['range']:.4f}", f"{t['seed_tolerance']:g}")
+            for f, keys in out["metrics"].items() for k, t in keys.items()]
+    _print_table(f"gate calibrate: {seeds} seeds -> {gate_file}", ("file", "key", "mean", "std", "range",
+                                                                    "seed_tolerance"), rows)
 
 
 def main() -> None:

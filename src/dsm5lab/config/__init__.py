@@ -186,6 +186,12 @@ class EvaluateConfig(Strict):
     max_errors: int = Field(ge=0)
 
 
+class NumericsConfig(Strict):
+    """How CPU kernels are dispatched (dsm5lab.numerics): avx2 pins them for bit-identical runs on any x86-64."""
+
+    cpu_isa: Literal["avx2", "native"]
+
+
 class RetentionConfig(Strict):
     """The retention stage: which checkpoints of the scratch pool (train.checkpoint.dir) survive."""
 
@@ -206,6 +212,7 @@ class Params(Strict):
     tracking: TrackingConfig
     hpo: HpoConfig
     retention: RetentionConfig
+    numerics: NumericsConfig
 
     @model_validator(mode="after")
     def _space_fits_params(self) -> Params:

@@ -48,7 +48,10 @@ def _sha256(path: Path) -> str:
 
 
 def build_report(params: Params, model_dir: Path, config: dict, manifest: dict, val, test, settings) -> dict:
+    import torch
+
     from dsm5lab.evaluation import views as ev
+    from dsm5lab.numerics import effective
 
     spec = config["spec"]
     report = {
@@ -58,6 +61,8 @@ def build_report(params: Params, model_dir: Path, config: dict, manifest: dict, 
                   "input_format": config["encode"]["input_format"], "level": config["encode"]["level"]},
         "dataset": {"fingerprint": manifest["fingerprint"], "origin": manifest["origin"]},
         "config": {"evaluate": params.evaluate.model_dump(), "seed": params.seed},
+        # pinned, the same on every x86-64 machine; native, it names this machine's kernel level
+        "numerics": {**effective(params.numerics.cpu_isa), "torch": str(torch.__version__)},
         "splits": {"val": len(val.posts), "test": len(test.posts)},
         "notes": [
             "All metrics are on the test split; thresholds are tuned on the validation split only.",

@@ -97,7 +97,7 @@ def fingerprint(params: Params, data: str) -> str:
         "data": data, "base": base, "trial_overrides": hpo.trial_overrides,
         "space": {k: v.model_dump() for k, v in hpo.search_space.items()},
         "objectives": [o.model_dump() for o in hpo.objectives], "cv": hpo.cv.model_dump(),
-        "max_micro_batch": hpo.max_micro_batch,
+        "max_micro_batch": hpo.max_micro_batch, "numerics": params.numerics.model_dump(),
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -210,6 +210,9 @@ def worker(url: str, name: str, root: Path = Path("."), echo: Echo = _quiet) -> 
     probe, params = load_from_storage(url, name)
     if params is None:
         raise UserError(f"--study: {name!r} was not created by `dsm5lab hpo run` (no stored params)")
+    from dsm5lab.numerics import pin
+
+    pin(params.numerics.cpu_isa)  # the study's numerics, before this worker's first trial computes anything
     attrs = probe.user_attrs
     local = data_hash(root / layout.PREPARED)
     if local != attrs.get(DATA_ATTR):

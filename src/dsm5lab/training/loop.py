@@ -112,7 +112,7 @@ def _log_start(run: Run, tracker) -> dict:
     p, s = run.params, run.state
     if run.resumed_from is not None:
         tracker.event("resume", checkpoint=str(run.resumed_from), step=s.step, epoch=s.epoch)
-    info = system_info(run.device)
+    info = system_info(run.device, p.numerics.cpu_isa)
     tracker.event("system", **info)
     tracker.log_params({**flatten(p.model_dump(include={"seed", "model", "train"})), "data.source": p.data.source,
                         "train.micro_batch": s.micro_batch, "train.accumulation": s.accumulation})

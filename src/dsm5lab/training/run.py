@@ -106,8 +106,7 @@ class Run:
 
     def epoch_order(self, epoch: int) -> list[list[int]]:
         """The epoch's micro-batches (group indices), length-bucketed and shuffled by (seed, epoch)."""
-        rng = np.random.default_rng([self.params.seed, epoch])
-        return bucket_batches([g.n_tokens for g in self.train_groups], self.state.micro_batch, rng)
+        return epoch_order(self.train_groups, self.state.micro_batch, self.params.seed, epoch)
 
     def batches(self, order: list[list[int]], epoch: int):
         """Collated batches in `order` on the run's device, built by train.num_workers workers."""
@@ -115,6 +114,16 @@ class Run:
                               self.model.spec.max_span_tokens, self.params.train.num_workers,
                               self.params.seed + epoch)
         return (to_device(b, self.device) for b in loader)
+
+
+def epoch_order(groups: list[Group], micro: int, seed: int, epoch: int) -> list[list[int]]:
+    """An epoch's micro-batches (group indices), length-bucketed and shuffled by (seed, epoch)."""
+    return bucket_batches([g.n_tokens for g in groups], micro, np.random.default_rng([seed, epoch]))
+
+
+def steps_per_epoch(n_groups: int, state: TrainState) -> int:
+    """Optimizer steps in an epoch: micro-batches, grouped into accumulation windows (the last may be short)."""
+    return math.ceil(math.ceil(n_groups / state.micro_batch) / state.accumulation)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -131,9 +140,11 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def system_info(device: torch.device) -> dict:
-    """What the run ran on, logged once."""
+def system_info(device: torch.device, cpu_isa: str) -> dict:
+    """What the run ran on, logged once; `numerics` is the CPU kernel dispatch it really used."""
     import transformers
+
+    from dsm5lab.numerics import effective
 
     info = {
         "device": str(device),
@@ -142,6 +153,7 @@ def system_info(device: torch.device) -> dict:
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
         "cpu_bf16": True,
+        "numerics": effective(cpu_isa),
     }
     if device.type == "cuda":
         info.update(gpu=torch.cuda.get_device_name(device), cuda_bf16=torch.cuda.is_bf16_supported())
@@ -254,10 +266,9 @@ def build_run(params: Params, paths: RunPaths, *, resume: bool = False, train_id
         micro, accum = _probe(model, train_groups, params, backbone.tokenizer.pad_token_id, weights, device)
     else:
         micro, accum = t.batch_size, t.grad_accum_steps
-    steps_per_epoch = math.ceil(math.ceil(len(train_groups) / micro) / accum)
-    optimizer, scheduler = build_optimizer(model, t, steps_per_epoch * t.epochs)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and t.precision == "fp16")
     state = TrainState(micro_batch=micro, accumulation=accum)
+    optimizer, scheduler = build_optimizer(model, t, steps_per_epoch(len(train_groups), state) * t.epochs)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and t.precision == "fp16")
     if resumed_from is not None:
         saved = load_checkpoint(resumed_from, model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
         state = TrainState.from_dict({"micro_batch": micro, "accumulation": accum, **saved})

@@ -1,0 +1,79 @@
+"""numerics.cpu_isa pins CPU kernel dispatch: bit-identical training whatever level the machine would pick."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import new_project
+from dsm5lab import numerics
+
+TINY = [
+    "data.synthetic.n_posts=120", "model.tiny.hidden_size=32", "model.tiny.num_layers=1",
+    "model.tiny.intermediate_size=64", "model.max_length=64", "model.stride=16", "model.max_chunks=2",
+    "model.hidden_dim=16", "train.epochs=2", "train.eval_batch_size=32",
+]
+# Two "machines" as the libraries see them: torch's ATen kernels at AVX-512 (or the best this CPU has)
+# with MKL's own pick, and ATen without SIMD with MKL's most compatible path.
+MACHINES = {
+    "simd": {"ATEN_CPU_CAPABILITY": "avx512", "MKL_CBWR": "AUTO"},
+    "plain": {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"},
+}
+
+pytestmark = pytest.mark.skipif(not numerics.is_x86(), reason="dispatch levels exist on x86-64 only")
+
+
+def sets(overrides: list[str]) -> list[str]:
+    return [a for o in overrides for a in ("--set", o)]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("numerics")
+    new_project(root, "prepare", *sets(TINY))
+    return root
+
+
+def train_as(root: Path, machine: str, cpu_isa: str) -> tuple[str, dict, dict]:
+    """`dsm5lab train` in a fresh process that sees `machine`'s environment: model hash, metrics, numerics."""
+    env = {k: v for k, v in os.environ.items() if k not in numerics.VARIABLES}
+    env.update(MACHINES[machine], CI="true")
+    mlflow = f"tracking.mlflow_uri=sqlite:///{root / f'{machine}-{cpu_isa}.db'}"
+    proc = subprocess.run([sys.executable, "-m", "dsm5lab", "train", *sets([*TINY, f"numerics.cpu_isa={cpu_isa}", mlflow])],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    weights = hashlib.sha256((root / "stages/train/model/model.safetensors").read_bytes()).hexdigest()
+    metrics = json.loads((root / "metrics/train.json").read_text())
+    events = [json.loads(line) for line in (root / "checkpoints/train/events.jsonl").read_text().splitlines()]
+    system = [e for e in events if e["kind"] == "system"][-1]
+    return weights, metrics, system["numerics"]
+
+
+def test_pinned_runs_are_bit_identical_across_dispatch_levels(prepared):
+    (a, metrics_a, num_a), (b, metrics_b, num_b) = (train_as(prepared, m, "avx2") for m in MACHINES)
+    assert a == b and metrics_a == metrics_b
+    for num in (num_a, num_b):  # what the run really computed with, recorded in its system event
+        assert num["pinned"] and num["aten_capability"] == "AVX2"
+        assert {k: num[k] for k in numerics.VARIABLES} == numerics.LEVELS["avx2"]
+
+
+def test_unpinned_runs_follow_the_machine(prepared):
+    (a, _, num_a), (b, _, num_b) = (train_as(prepared, m, "native") for m in MACHINES)
+    assert a != b  # the guard above is needed: without it the weights differ
+    assert num_a["aten_capability"] != num_b["aten_capability"] == "DEFAULT"
+    assert not num_a["pinned"] and not num_b["pinned"]
+
+
+def test_pin_overrides_the_environment_and_native_pins_nothing(monkeypatch):
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx512")
+    monkeypatch.delenv("MKL_CBWR", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert numerics.pin("native") == {} and os.environ["ATEN_CPU_CAPABILITY"] == "avx512"
+    assert numerics.pin("avx2") == numerics.LEVELS["avx2"]
+    assert os.environ["ATEN_CPU_CAPABILITY"] == "avx2" and os.environ["MKL_CBWR"] == "AVX2,STRICT"
