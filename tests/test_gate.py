@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dsm5lab import gate
 
@@ -120,7 +122,7 @@ def test_key_missing_from_baseline_is_new_and_passes(repo):
     [
         (None, ("--gate-file", "nope.yaml"), "gate file not found: nope.yaml"),
         ("metrics: [unclosed\n", (), "gate.yaml: not valid YAML"),
-        ("metric: {}\n", (), "unknown key 'metric' (allowed: metrics)"),
+        ("metric: {}\n", (), "unknown key 'metric' (allowed: metrics, calibration)"),
         (GATE.replace("tolerance: 0.002", "tolerence: 0.002"), (), "val.macro_f1: unknown key 'tolerence'"),
         (
             GATE.replace("higher, tolerance: 0.002", "up, tolerance: 0.002"),
@@ -167,3 +169,86 @@ def test_shipped_gate_file_matches_committed_metrics():
         for key in keys:
             value = gate.lookup(data, key)
             assert isinstance(value, float), f"{file}: {key} -> {value!r}"
+
+
+# --- tolerances from measured noise: which one applies, and what the gate says about the machine ---------
+
+SYSTEM = {"cpu_isa": "avx2", "pinned": True, "device": "cpu", "torch": "2.13.0", "threads": 2,
+          "native_capability": "AVX512", "machine": "x86_64"}
+CALIBRATED = GATE.replace("val.macro_f1: {direction: higher, tolerance: 0.002}",
+                          "val.macro_f1: {direction: higher, tolerance: 0.002, seed_tolerance: 0.05}") + f"""\
+calibration:
+  command: dsm5lab gate calibrate --seeds 2
+  seeds: [7, 8]
+  numerics: {json.dumps(SYSTEM)}
+"""
+
+
+@pytest.mark.parametrize(("system", "mode", "passes"), [
+    (SYSTEM, "tolerance", False),  # bit-identical numerics: a 0.01 drop is a change
+    ({**SYSTEM, "native_capability": "AVX2"}, "tolerance", False),  # another CPU, same pinned kernels
+    ({**SYSTEM, "torch": "2.14.1"}, "seed_tolerance", True),  # another torch: within the seed spread
+    ({**SYSTEM, "cpu_isa": "native", "pinned": False}, "seed_tolerance", True),
+    ({**SYSTEM, "device": "cuda", "pinned": False}, "seed_tolerance", True),
+    (None, "seed_tolerance", True),  # unknown numerics: the honest (seed) tolerance
+])
+def test_the_tolerance_follows_the_numerics(repo, system, mode, passes):
+    (repo / "gate.yaml").write_text(CALIBRATED)
+    write_metrics(repo, f1=0.69)
+    result = gate.check(repo, Path("gate.yaml"), "HEAD", system=system)
+    assert result.mode == mode and result.passed is passes
+    row = next(r for r in result.rows if r.key == "val.macro_f1")
+    assert row.tolerance == (0.05 if mode == "seed_tolerance" else 0.002)
+
+
+def test_a_failing_gate_names_how_the_machine_differs(repo, cli, monkeypatch):
+    (repo / "gate.yaml").write_text(CALIBRATED)
+    write_metrics(repo, f1=0.60)  # beyond both tolerances
+    monkeypatch.setattr(gate, "current_system", lambda root: {**SYSTEM, "torch": "2.14.1", "threads": 4})
+    result = cli("gate")
+    assert result.exit_code == 1
+    assert "torch 2.14.1 (calibration: 2.13.0)" in result.stderr and "threads 4 (calibration: 2)" in result.stderr
+    assert "seed_tolerance" in result.stdout
+
+
+def test_an_uncalibrated_gate_keeps_the_plain_tolerance(repo):
+    write_metrics(repo, f1=0.69)
+    result = gate.check(repo, Path("gate.yaml"), "HEAD")
+    assert result.mode == "tolerance" and not result.passed
+
+
+def test_calibrate_writes_the_seed_spread_and_touches_nothing_else(tmp_path, monkeypatch, cli):
+    from conftest import new_project
+
+    tiny = ["data.synthetic.n_posts=120", "model.tiny.hidden_size=32", "model.tiny.num_layers=1",
+            "model.tiny.intermediate_size=64", "model.max_length=64", "model.stride=16", "model.max_chunks=2",
+            "model.hidden_dim=16", "train.epochs=2", "train.eval_batch_size=32", "evaluate.bootstrap_resamples=20"]
+    sets = [a for o in tiny for a in ("--set", o)]
+    new_project(tmp_path, "prepare", *sets)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CI", "true")
+    (tmp_path / "gate.yaml").write_text((ROOT / "gate.yaml").read_text())
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    result = cli("gate", "calibrate", "--seeds", "2", *sets)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # only gate.yaml rewritten
+    spec = gate.load_gate(tmp_path / "gate.yaml")
+    seed = yaml.safe_load((tmp_path / "params.yaml").read_text())["seed"]
+    assert spec.calibration.seeds == [seed, seed + 1] and spec.calibration.numerics["cpu_isa"] == "avx2"
+    shipped = gate.load_gate(ROOT / "gate.yaml")
+    for file, keys in shipped.metrics.items():
+        for key, tol in keys.items():
+            got = spec.metrics[file][key]
+            assert got.tolerance == tol.tolerance and len(got.seed_spread.values) == 2
+            assert got.seed_spread.std == pytest.approx(statistics.stdev(got.seed_spread.values), abs=2e-6)
+            assert got.seed_tolerance == pytest.approx(max(0.002, 3 * got.seed_spread.std), abs=1e-4)
+
+
+def test_unpinned_numerics_never_get_the_bit_identical_tolerance(repo):
+    native = {**SYSTEM, "cpu_isa": "native", "pinned": False}
+    (repo / "gate.yaml").write_text(CALIBRATED.replace(json.dumps(SYSTEM), json.dumps(native)))
+    write_metrics(repo, f1=0.69)
+    # same settings as the calibration, but another CPU: native kernels differ, so only the seed spread holds
+    result = gate.check(repo, Path("gate.yaml"), "HEAD", system={**native, "native_capability": "AVX2"})
+    assert result.mode == "seed_tolerance" and result.passed
+    assert result.differences == ("native_capability AVX2 (calibration: AVX512)",)

@@ -1,8 +1,11 @@
 """The CI regression gate: workspace metrics against the same files committed at a git revision.
 
-`gate.yaml` names, per metrics file, dotted keys with the better direction and an absolute tolerance.
-The baseline is `git show REV:path`: metrics are committed (`cache: false`), so this is what
-`dvc metrics diff REV` compares.
+`gate.yaml` names, per metrics file, dotted keys with the better direction and two absolute tolerances:
+`tolerance` for a run whose numerics match the calibration's (pinned CPU kernels, same torch and
+thread count: bit-identical, so any move is a change) and `seed_tolerance`, measured from the spread
+over training seeds by `dsm5lab gate calibrate`, for any other run (GPU, unpinned CPU, other torch),
+where float noise moves the numbers like a new seed. The baseline is `git show REV:path`: metrics
+are committed (`cache: false`), so this is what `dvc metrics diff REV` compares.
 """
 
 from __future__ import annotations
@@ -28,17 +31,37 @@ MISSING = object()
 EXAMPLE = " like {direction: higher, tolerance: 0.002}"
 
 
+class Spread(Strict):
+    """One metric over the calibration's training seeds."""
+
+    values: list[float] = Field(min_length=2)
+    mean: float
+    std: float = Field(ge=0.0)  # sample standard deviation (n - 1)
+    range: float = Field(ge=0.0)
+
+
 class Tolerance(Strict):
-    """How one metric may move: `direction` is the better way, `tolerance` the allowed move the other way."""
+    """How one metric may move: `direction` is the better way, the tolerances the allowed move the other way."""
 
     direction: Literal["higher", "lower"]
     tolerance: float = Field(ge=0.0, allow_inf_nan=False)
+    seed_tolerance: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
+    seed_spread: Spread | None = None
+
+
+class Calibration(Strict):
+    """Where the seed tolerances were measured, and the numerics under which runs reproduce bit for bit."""
+
+    command: str
+    seeds: list[int] = Field(min_length=2)
+    numerics: dict[str, str | int | bool | None]  # system_key() of the calibrating machine
 
 
 class GateFile(Strict):
     """gate.yaml: metrics file -> dotted key -> tolerance."""
 
     metrics: dict[str, dict[str, Tolerance]] = Field(min_length=1)
+    calibration: Calibration | None = None
 
 
 @dataclass(frozen=True)
@@ -56,9 +79,13 @@ class Row:
 
 @dataclass(frozen=True)
 class GateResult:
-    """All gated metrics; passed when none regressed."""
+    """All gated metrics; passed when none regressed. `mode` says which tolerance applied and `why`."""
 
     rows: list[Row]
+    mode: str = "tolerance"  # tolerance (bit-identical numerics) | seed_tolerance
+    why: str = ""
+    differences: tuple[str, ...] = ()  # how this machine's numerics differ from the calibration's
+    calibrated: bool = False  # gate.yaml has a calibration to compare numerics with
 
     @property
     def n_failed(self) -> int:
@@ -80,7 +107,9 @@ def load_gate(path: Path) -> GateFile:
         *loc, last = (path, *err["loc"])
         kind, got = err["type"], err.get("input")
         if kind == "extra_forbidden":
-            msg = f"unknown key '{last}' (allowed: {'metrics' if len(loc) == 1 else 'direction, tolerance'})"
+            model = {1: GateFile, 2: Calibration, 4: Tolerance, 5: Spread}.get(len(loc), Tolerance)
+            allowed = list(model.model_fields)
+            msg = f"unknown key '{last}' (allowed: {', '.join(allowed)})"
         elif kind == "missing":
             msg = f"missing key '{last}'"
         elif kind in ("model_type", "dict_type"):
@@ -164,10 +193,60 @@ def judge(baseline: float | None, current: float, direction: str, tolerance: flo
     return "REGRESSED" if worse_by > tolerance + EPS else "ok"
 
 
-def check(root: Path, gate_file: Path, rev: str = "HEAD") -> GateResult:
-    """Compare every metric gate_file names: workspace under `root` vs `git show rev:path`."""
+# what must match the calibration for the bit-identical `tolerance` to apply
+MATCH = ("cpu_isa", "pinned", "device", "torch", "threads")
+
+
+def system_key(cpu_isa: str, threads: int) -> dict:
+    """The numerics a run on this machine computes with (numerics.cpu_isa, train.threads), plus the native level."""
+    import os
+    import platform
+
+    import torch
+
+    from dsm5lab.numerics import LEVELS, is_x86, native_level
+
+    cuda = torch.cuda.is_available()
+    return {"cpu_isa": cpu_isa, "pinned": bool(LEVELS[cpu_isa]) and is_x86() and not cuda,
+            "device": "cuda" if cuda else "cpu", "torch": str(torch.__version__), "threads": threads or os.cpu_count(),
+            "native_capability": native_level(), "machine": platform.machine()}
+
+
+def current_system(root: Path) -> dict | None:
+    """system_key() for the project at root (its params.yaml), or None without one."""
+    from dsm5lab.config import load_params
+
+    if not (root / "params.yaml").is_file():
+        return None
+    params = load_params(root / "params.yaml")
+    return system_key(params.numerics.cpu_isa, params.train.threads)
+
+
+def choose_mode(gate: GateFile, system: dict | None) -> tuple[str, str, tuple[str, ...]]:
+    """(mode, why, differences): the bit-identical tolerance only where numerics match the calibration's."""
+    cal = gate.calibration
+    if cal is None:
+        return "tolerance", "gate.yaml has no calibration (no seed tolerances)", ()
+    if system is None:
+        return "seed_tolerance", "no params.yaml here: this run's numerics are unknown", ()
+    base = cal.numerics
+    diffs = tuple(f"{k} {system.get(k)} (calibration: {base.get(k)})" for k in (*MATCH, "native_capability")
+                  if system.get(k) != base.get(k))
+    if any(not d.startswith("native_capability") for d in diffs) or not system["pinned"]:
+        return "seed_tolerance", "numerics differ from the calibration's: float noise moves metrics like a seed", diffs
+    return "tolerance", "pinned numerics match the calibration's: runs are bit-identical", diffs
+
+
+def check(root: Path, gate_file: Path, rev: str = "HEAD", system: dict | None | str = "detect") -> GateResult:
+    """Compare every metric gate_file names: workspace under `root` vs `git show rev:path`.
+
+    `system` is this run's system_key() ("detect": from root's params.yaml and this machine).
+    """
     gate = load_gate(gate_file if gate_file.is_absolute() else root / gate_file)
     verify_rev(root, rev)
+    if system == "detect":
+        system = current_system(root) if gate.calibration is not None else None
+    mode, why, diffs = choose_mode(gate, system)
     found = []
     for file, keys in gate.metrics.items():
         current_data, baseline_data = read_metrics(root, file), read_metrics(root, file, rev)
@@ -175,9 +254,11 @@ def check(root: Path, gate_file: Path, rev: str = "HEAD") -> GateResult:
             current = _number(lookup(current_data, key), file, key, current_data)
             raw = lookup(baseline_data, key)
             baseline = None if raw is MISSING else _number(raw, f"{file} at {rev}", key, baseline_data)
-            status = judge(baseline, current, tol.direction, tol.tolerance)
-            found.append(Row(file, key, tol.direction, baseline, current, tol.tolerance, status))
-    return GateResult(found)
+            allowed = tol.seed_tolerance if mode == "seed_tolerance" and tol.seed_tolerance is not None \
+                else tol.tolerance
+            status = judge(baseline, current, tol.direction, allowed)
+            found.append(Row(file, key, tol.direction, baseline, current, allowed, status))
+    return GateResult(found, mode, why, diffs, gate.calibration is not None)
 
 
 def rows(result: GateResult) -> list[tuple[str, ...]]:
