@@ -219,11 +219,10 @@ def test_an_uncalibrated_gate_keeps_the_plain_tolerance(repo):
 
 def test_calibrate_writes_the_seed_spread_and_touches_nothing_else(tmp_path, monkeypatch, cli):
     from conftest import new_project
+    from test_train import TINY
+    from test_train import sets as set_args
 
-    tiny = ["data.synthetic.n_posts=120", "model.tiny.hidden_size=32", "model.tiny.num_layers=1",
-            "model.tiny.intermediate_size=64", "model.max_length=64", "model.stride=16", "model.max_chunks=2",
-            "model.hidden_dim=16", "train.epochs=2", "train.eval_batch_size=32", "evaluate.bootstrap_resamples=20"]
-    sets = [a for o in tiny for a in ("--set", o)]
+    sets = set_args([*TINY, "evaluate.bootstrap_resamples=20"])
     new_project(tmp_path, "prepare", *sets)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CI", "true")

@@ -13,12 +13,8 @@ import pytest
 
 from conftest import new_project
 from dsm5lab import numerics
+from test_train import TINY, sets
 
-TINY = [
-    "data.synthetic.n_posts=120", "model.tiny.hidden_size=32", "model.tiny.num_layers=1",
-    "model.tiny.intermediate_size=64", "model.max_length=64", "model.stride=16", "model.max_chunks=2",
-    "model.hidden_dim=16", "train.epochs=2", "train.eval_batch_size=32",
-]
 # Two "machines" as the libraries see them: torch's ATen kernels at AVX-512 (or the best this CPU has)
 # with MKL's own pick, and ATen without SIMD with MKL's most compatible path.
 MACHINES = {
@@ -27,10 +23,6 @@ MACHINES = {
 }
 
 pytestmark = pytest.mark.skipif(not numerics.is_x86(), reason="dispatch levels exist on x86-64 only")
-
-
-def sets(overrides: list[str]) -> list[str]:
-    return [a for o in overrides for a in ("--set", o)]
 
 
 @pytest.fixture(scope="module")
