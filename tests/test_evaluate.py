@@ -58,6 +58,20 @@ def test_report_validates_and_every_output_exists(project):
     assert json.loads(Path("stages/train/model/config.json").read_text())["thresholds"]["FATIGUE"] == 0.5
 
 
+def test_test_decisions_reproduce_every_headline_they_determine(project):
+    """The gate's paired check recomputes these metrics from the committed decisions: they must agree."""
+    from dsm5lab import paired
+    from dsm5lab.gate import lookup
+
+    preds = paired.read(Path("reports/evaluate/predictions"))
+    metrics = json.loads(Path("metrics/evaluate.json").read_text())
+    posts = pd.read_parquet("stages/prepare/posts.parquet")
+    assert set(preds.post_ids) == set(posts.loc[posts["split"] == "test", "post_id"])
+    assert set(paired.STATISTICS) <= {k for k in paired.STATISTICS if paired.supports(preds, k)}
+    for key in paired.STATISTICS:
+        assert paired.statistic(preds, key) == pytest.approx(lookup(metrics, key), abs=1e-6), key
+
+
 def test_an_invalid_report_fails(project):
     from dsm5lab.evaluation.stage import validate_report
 

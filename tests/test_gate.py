@@ -122,7 +122,7 @@ def test_key_missing_from_baseline_is_new_and_passes(repo):
     [
         (None, ("--gate-file", "nope.yaml"), "gate file not found: nope.yaml"),
         ("metrics: [unclosed\n", (), "gate.yaml: not valid YAML"),
-        ("metric: {}\n", (), "unknown key 'metric' (allowed: metrics, calibration)"),
+        ("metric: {}\n", (), "unknown key 'metric' (allowed: metrics, calibration, paired)"),
         (GATE.replace("tolerance: 0.002", "tolerence: 0.002"), (), "val.macro_f1: unknown key 'tolerence'"),
         (
             GATE.replace("higher, tolerance: 0.002", "up, tolerance: 0.002"),

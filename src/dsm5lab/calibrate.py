@@ -37,6 +37,9 @@ HEADER = """\
 # - seed_tolerance: for every other run (GPU, numerics.cpu_isa: native, another torch or thread
 #   count). It is {k:g} x the standard deviation of the metric over the training seeds below
 #   (prepared data fixed; floor {floor:g}), measured by `{command}`; seed_spread holds the values.
+# - paired (optional): a metrics/evaluate.json key its per-post test decisions determine that moved
+#   beyond its tolerance fails only if a paired bootstrap against the baseline's decisions (committed
+#   in reports/evaluate/predictions) finds the drop significant (one-sided p < alpha); else `n.s.`.
 #
 # Written by `dsm5lab gate calibrate`; re-run it after a change to the model, data or defaults.
 """
@@ -103,7 +106,7 @@ def calibrate(params: Params, root: Path, gate_file: Path, n_seeds: int) -> dict
     command = f"dsm5lab gate calibrate --seeds {n_seeds}"
     out = {"calibration": {"command": command, "seeds": seeds,
                            "numerics": system_key(params.numerics.cpu_isa, params.train.threads)},
-           "metrics": {}}
+           **({"paired": gate.paired.model_dump()} if gate.paired is not None else {}), "metrics": {}}
     for file, keys in gate.metrics.items():
         out["metrics"][file] = {}
         for key, tol in keys.items():

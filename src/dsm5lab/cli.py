@@ -332,15 +332,23 @@ def gate(
     ctx: typer.Context,
     rev: Annotated[str, typer.Option("--rev", help="git revision holding the baseline metrics files.")] = "HEAD",
     gate_file: GateFileOpt = Path("gate.yaml"),
+    paired: Annotated[bool, typer.Option("--paired/--no-paired", help="run the paired bootstrap against the "
+                                         "baseline's test decisions (gate.yaml `paired`).")] = True,
 ) -> None:
     """Fail (exit 1) when a metric dropped beyond its tolerance against the baseline at --rev."""
     if ctx.invoked_subcommand is not None:
         return
     from dsm5lab import gate as gate_mod
 
-    result = gate_mod.check(Path("."), gate_file, rev)
+    result = gate_mod.check(Path("."), gate_file, rev, paired=paired)
     typer.echo(f"gate: {result.mode} applies: {result.why}")
     _print_table(f"gate: metrics vs {rev}", gate_mod.HEADER, gate_mod.rows(result))
+    if result.paired_note:
+        typer.echo(f"gate: {result.paired_note}")
+    if gate_mod.paired_rows(result):
+        _print_table(f"gate: paired bootstrap, new - {rev}", gate_mod.PAIRED_HEADER, gate_mod.paired_rows(result))
+    if any(r.status == "n.s." for r in result.rows):
+        typer.echo("gate: n.s. = moved beyond tolerance, but the paired bootstrap finds no significant drop")
     if not result.passed:
         typer.echo(f"gate: {result.n_failed} metric(s) regressed beyond tolerance", err=True)
         if result.differences:

@@ -6,6 +6,10 @@ thread count: bit-identical, so any move is a change) and `seed_tolerance`, meas
 over training seeds by `dsm5lab gate calibrate`, for any other run (GPU, unpinned CPU, other torch),
 where float noise moves the numbers like a new seed. The baseline is `git show REV:path`: metrics
 are committed (`cache: false`), so this is what `dvc metrics diff REV` compares.
+
+With a `paired` section, a metric the evaluate stage's per-post test decisions determine (dsm5lab.paired)
+and that moved beyond its tolerance fails only when a paired bootstrap of new against the baseline's
+decisions at REV, on the same test posts, calls the drop significant; otherwise its status is `n.s.`.
 """
 
 from __future__ import annotations
@@ -57,11 +61,22 @@ class Calibration(Strict):
     numerics: dict[str, str | int | bool | None]  # system_key() of the calibrating machine
 
 
+class Paired(Strict):
+    """The paired check: where the decisions are, which metrics file they explain, and the bootstrap."""
+
+    predictions: str = "reports/evaluate/predictions"
+    file: str = "metrics/evaluate.json"
+    resamples: int = Field(default=2000, ge=100)
+    alpha: float = Field(default=0.05, gt=0.0, lt=0.5)  # one-sided: a drop is significant when p < alpha
+    seed: int = 0
+
+
 class GateFile(Strict):
     """gate.yaml: metrics file -> dotted key -> tolerance."""
 
     metrics: dict[str, dict[str, Tolerance]] = Field(min_length=1)
     calibration: Calibration | None = None
+    paired: Paired | None = None
 
 
 @dataclass(frozen=True)
@@ -74,7 +89,8 @@ class Row:
     baseline: float | None
     current: float
     tolerance: float
-    status: str  # ok | REGRESSED | new
+    status: str  # ok | REGRESSED | new | n.s. (beyond tolerance, but the paired drop is not significant)
+    paired: dict | None = None  # metrics.paired_bootstrap() of this key, when the paired check ran
 
 
 @dataclass(frozen=True)
@@ -86,6 +102,7 @@ class GateResult:
     why: str = ""
     differences: tuple[str, ...] = ()  # how this machine's numerics differ from the calibration's
     calibrated: bool = False  # gate.yaml has a calibration to compare numerics with
+    paired_note: str = ""  # why the paired check did not run, or on what it ran
 
     @property
     def n_failed(self) -> int:
@@ -107,7 +124,9 @@ def load_gate(path: Path) -> GateFile:
         *loc, last = (path, *err["loc"])
         kind, got = err["type"], err.get("input")
         if kind == "extra_forbidden":
-            model = {1: GateFile, 2: Calibration, 4: Tolerance, 5: Spread}.get(len(loc), Tolerance)
+            model = {1: GateFile, 4: Tolerance, 5: Spread}.get(len(loc), Tolerance)
+            if len(loc) == 2:
+                model = Paired if err["loc"][0] == "paired" else Calibration
             allowed = list(model.model_fields)
             msg = f"unknown key '{last}' (allowed: {', '.join(allowed)})"
         elif kind == "missing":
@@ -237,16 +256,77 @@ def choose_mode(gate: GateFile, system: dict | None) -> tuple[str, str, tuple[st
     return "tolerance", "pinned numerics match the calibration's: runs are bit-identical", diffs
 
 
-def check(root: Path, gate_file: Path, rev: str = "HEAD", system: dict | None | str = "detect") -> GateResult:
+def _baseline_predictions(root: Path, rev: str, directory: str):
+    """The prediction files committed at rev, or None when that revision has none."""
+    from dsm5lab import paired
+
+    texts = {}
+    for name in (paired.POSTS, paired.SENTENCES):
+        shown = _git(root, "show", f"{rev}:./{directory}/{name}")
+        texts[name] = shown.stdout if shown.returncode == 0 else None
+    return None if texts[paired.POSTS] is None else paired.parse(texts, f"{directory} at {rev}")
+
+
+def _stale(preds, data: dict, keys) -> str | None:
+    """A key whose number the decisions do not reproduce (the files come from another run), or None."""
+    from dsm5lab import paired
+
+    for key in keys:
+        value = lookup(data, key)
+        if paired.supports(preds, key) and isinstance(value, (int, float)):
+            got = paired.statistic(preds, key)
+            if got is None or abs(got - value) > 1e-6:
+                return f"{key} {value} but the decisions give {got}"
+    return None
+
+
+def paired_checks(root: Path, gate: GateFile, rev: str) -> tuple[dict[str, dict], str]:
+    """({key: paired_bootstrap result}, note): empty with the reason when the paired check cannot run."""
+    from dsm5lab import paired
+
+    cfg = gate.paired
+    keys = list(gate.metrics.get(cfg.file, {}))
+    new = paired.read(root / cfg.predictions)
+    if new is None:
+        return {}, f"paired check off: no {cfg.predictions}/{paired.POSTS} in the workspace (run `dvc repro`)"
+    base = _baseline_predictions(root, rev, cfg.predictions)
+    if base is None:
+        return {}, f"paired check off: {cfg.predictions} is not committed at revision '{rev}'"
+    if set(new.post_ids) != set(base.post_ids):
+        return {}, (f"paired check off: the baseline at '{rev}' scored other test posts ({len(base.post_ids)} vs "
+                    f"{len(new.post_ids)} here; the prepared data changed), so tolerances alone decide")
+    for which, preds, data in (("workspace", new, read_metrics(root, cfg.file)),
+                               (rev, base, read_metrics(root, cfg.file, rev))):
+        stale = _stale(preds, data, keys)
+        if stale is not None:
+            return {}, f"paired check off: {cfg.predictions} at {which} does not match {cfg.file} ({stale})"
+    found = {k: paired.compare(new, base, k, cfg.resamples, cfg.seed, cfg.alpha)
+             for k in keys if paired.supports(new, k) and paired.supports(base, k)}
+    return found, (f"paired check on {len(new.post_ids)} test posts ({cfg.resamples} resamples, one-sided "
+                   f"alpha {cfg.alpha}) for {', '.join(found) or 'no gated key'}")
+
+
+def significant_drop(result: dict, direction: str) -> bool:
+    """Whether a paired bootstrap result shows the metric moved the bad way significantly."""
+    p = result["p_not_lower"] if direction == "higher" else result["p_not_higher"]
+    return p is not None and p < result["alpha"]
+
+
+def check(root: Path, gate_file: Path, rev: str = "HEAD", system: dict | None | str = "detect",
+          paired: bool = True) -> GateResult:
     """Compare every metric gate_file names: workspace under `root` vs `git show rev:path`.
 
     `system` is this run's system_key() ("detect": from root's params.yaml and this machine).
+    `paired` runs the paired check where gate_file has a `paired` section.
     """
     gate = load_gate(gate_file if gate_file.is_absolute() else root / gate_file)
     verify_rev(root, rev)
     if system == "detect":
         system = current_system(root) if gate.calibration is not None else None
     mode, why, diffs = choose_mode(gate, system)
+    pairs, note = {}, ""
+    if gate.paired is not None:
+        pairs, note = paired_checks(root, gate, rev) if paired else ({}, "paired check off: --no-paired")
     found = []
     for file, keys in gate.metrics.items():
         current_data, baseline_data = read_metrics(root, file), read_metrics(root, file, rev)
@@ -257,8 +337,29 @@ def check(root: Path, gate_file: Path, rev: str = "HEAD", system: dict | None | 
             allowed = tol.seed_tolerance if mode == "seed_tolerance" and tol.seed_tolerance is not None \
                 else tol.tolerance
             status = judge(baseline, current, tol.direction, allowed)
-            found.append(Row(file, key, tol.direction, baseline, current, allowed, status))
-    return GateResult(found, mode, why, diffs, gate.calibration is not None)
+            pair = pairs.get(key) if gate.paired is not None and file == gate.paired.file else None
+            if status == "REGRESSED" and pair is not None and math.isfinite(current) \
+                    and not significant_drop(pair, tol.direction):
+                status = "n.s."
+            found.append(Row(file, key, tol.direction, baseline, current, allowed, status, pair))
+    return GateResult(found, mode, why, diffs, gate.calibration is not None, note)
+
+
+PAIRED_HEADER = ("key", "delta", "one-sided bound", "p (drop)", "significant drop")
+
+
+def paired_rows(result: GateResult) -> list[tuple[str, ...]]:
+    """The paired check's results as table rows, in PAIRED_HEADER order."""
+    out = []
+    for r in result.rows:
+        if r.paired is None or r.paired["low"] is None:
+            continue
+        higher = r.direction == "higher"
+        bound = f"{r.paired['high' if higher else 'low']:+.4f}"
+        p = r.paired["p_not_lower" if higher else "p_not_higher"]
+        out.append((r.key, f"{r.paired['delta']:+.6f}", bound, f"{p:.3f}",
+                    "yes" if significant_drop(r.paired, r.direction) else "no"))
+    return out
 
 
 def rows(result: GateResult) -> list[tuple[str, ...]]:

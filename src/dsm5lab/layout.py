@@ -31,6 +31,7 @@ TRAIN_LIVE = Path("reports/train/live")
 EVALUATED_MODEL = Path("stages/evaluate/model")
 EVALUATE_REPORTS = Path("reports/evaluate")
 EVALUATE_METRICS = Path("metrics/evaluate.json")
+EVALUATE_PREDICTIONS = EVALUATE_REPORTS / "predictions"  # per-post test decisions, committed for the paired gate
 
 # retention
 RETAINED = Path("stages/retention")

@@ -268,3 +268,47 @@ def bootstrap_ci(
         low, high = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
         out.update(low=float(low), high=float(high), mean=float(np.mean(values)))
     return out
+
+
+def with_none_class(gold: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Append the 'no class' column (no label present / none predicted), as ReDSM5's NO_SYMPTOMS: (N, C+1) each."""
+    gold, pred = np.asarray(gold).astype(bool), np.asarray(pred).astype(bool)
+    return (np.column_stack([gold, ~gold.any(1)]).astype(int), np.column_stack([pred, ~pred.any(1)]).astype(int))
+
+
+def paired_bootstrap(
+    statistic: Callable[[np.ndarray], tuple[float | None, float | None]],
+    n_items: int,
+    n_resamples: int,
+    seed: int,
+    alpha: float = 0.05,
+) -> dict:
+    """Bootstrap of delta = new - baseline, both scored on the same resampled items (posts).
+
+    statistic(idx) returns (new, baseline) on the items idx. Pairing removes the variance the two
+    share (the same hard posts), so a real drop shows up where two separate intervals would overlap.
+    `low`/`high` bound a two-sided (1 - 2 alpha) interval, i.e. each is a one-sided (1 - alpha) bound;
+    `p_not_lower` / `p_not_higher` are the shares of resamples where new did not fall below / rise
+    above the baseline (one-sided bootstrap p-values of a drop / a rise). Resamples where either
+    statistic is undefined are skipped and counted.
+    """
+    if n_items < 1 or n_resamples < 1 or not 0 < alpha < 0.5:
+        raise ValueError("need n_items >= 1, n_resamples >= 1 and 0 < alpha < 0.5")
+    new, base = statistic(np.arange(n_items))
+    rng = np.random.default_rng(seed)
+    deltas = []
+    for _ in range(n_resamples):
+        a, b = statistic(rng.integers(0, n_items, size=n_items))
+        if a is not None and b is not None and not (np.isnan(a) or np.isnan(b)):
+            deltas.append(float(a) - float(b))
+    out = {"new": new, "baseline": base, "delta": None if new is None or base is None else float(new) - float(base),
+           "low": None, "high": None, "p_not_lower": None, "p_not_higher": None,
+           "n_resamples": n_resamples, "skipped": n_resamples - len(deltas), "alpha": alpha}
+    if deltas:
+        d = np.asarray(deltas)
+        low, high = np.percentile(d, [100 * alpha, 100 * (1 - alpha)])
+        # (1 + count) / (1 + n): never exactly 0, as a finite bootstrap cannot prove that
+        out.update(low=float(low), high=float(high),
+                   p_not_lower=float((1 + (d >= 0).sum()) / (1 + len(d))),
+                   p_not_higher=float((1 + (d <= 0).sum()) / (1 + len(d))))
+    return out

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dsm5lab import atomic, layout
+from dsm5lab import atomic, layout, paired
 from dsm5lab.config import Params
 from dsm5lab.data.labels import SYMPTOMS
 from dsm5lab.errors import UserError
@@ -160,6 +160,16 @@ def summary_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def prediction_frames(test, thresholds: dict[str, float] | None) -> dict[str, pd.DataFrame]:
+    """The test decisions `dsm5lab gate` pairs against a baseline's (see dsm5lab.paired)."""
+    ids = test.posts["post_id"].tolist()
+    tuned = half = None
+    if thresholds is not None:
+        tuned, half = test.prob >= np.asarray(list(thresholds.values())), test.prob >= 0.5
+    sentences = [(g, p >= 0.5) for g, p, _ in test.sentences] if test.spans is not None else None
+    return paired.frames(ids, test.gold, tuned, half, sentences)
+
+
 def export_thresholded(model_dir: Path, out: Path, thresholds: dict[str, float] | None) -> None:
     """A copy of the trained model whose config carries the tuned thresholds (the train stage's out stays as is)."""
     with atomic.staged_dir(out) as tmp:
@@ -206,6 +216,7 @@ def run(params: Params, root: Path = Path("."), model_dir: Path | None = None, o
             for name, frame in plot_frames(test, list(thresholds.values()), settings.calibration_bins).items():
                 (plots / name).parent.mkdir(parents=True, exist_ok=True)
                 frame.to_csv(plots / name, index=False, lineterminator="\n")
+    paired.write(report_dir / "predictions", prediction_frames(test, thresholds))
     errors = ev.error_rows(test, list(thresholds.values()) if thresholds else None, settings.max_errors)
     atomic.write_text(report_dir / "errors.csv", errors.to_csv(index=False, lineterminator="\n"))
     atomic.write_json(report_dir / "evaluation_report.json", report)

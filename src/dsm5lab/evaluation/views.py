@@ -15,7 +15,7 @@ import pandas as pd
 from dsm5lab.data.labels import NO_SYMPTOMS, SYMPTOMS
 from dsm5lab.data.schema import read_table
 from dsm5lab.evaluation.evidence_metrics import ranking_metrics, sentence_prf, span_scores
-from dsm5lab.metrics import bootstrap_ci, classification_report, multilabel_f1, tune_thresholds
+from dsm5lab.metrics import bootstrap_ci, classification_report, multilabel_f1, tune_thresholds, with_none_class
 
 PAPER_CLASSES = (*SYMPTOMS, NO_SYMPTOMS)
 
@@ -64,10 +64,7 @@ def predict_split(name, model, windower, posts, sentences, batch_size, device) -
 
 def paper_matrices(gold: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """The ReDSM5 paper's ten classes: nine criteria plus NO_SYMPTOMS (no criterion predicted / present)."""
-    pred = prob >= threshold
-    gold10 = np.column_stack([gold, gold.sum(1) == 0]).astype(int)
-    pred10 = np.column_stack([pred, pred.sum(1) == 0]).astype(int)
-    return gold10, pred10
+    return with_none_class(gold, prob >= threshold)
 
 
 def criteria_section(val: SplitPredictions, test: SplitPredictions, cfg) -> dict:
