@@ -11,6 +11,7 @@ import pytest
 
 from conftest import copy_project, new_project, run_in
 from dsm5lab.config import load_params
+from dsm5lab.data import coverage
 from dsm5lab.errors import UserError
 from test_train import TINY, sets
 
@@ -224,3 +225,75 @@ def test_predict_text_without_sentences(project, cli):
     result = cli("predict", "...", "   ", "!!! ???")
     assert result.exit_code == 0, result.output
     assert len(_lines(result.stdout)) == 3
+
+
+# --- long posts: what training's max_chunks windows cut, and evaluate/predict reading every window ---------
+
+
+def _load(root: Path, *overrides: str):
+    posts = pd.read_parquet(root / "stages/prepare/posts.parquet")
+    sentences = pd.read_parquet(root / "stages/prepare/sentences.parquet")
+    descriptions = [c["description"] for c in json.loads((root / "stages/prepare/criteria.json").read_text())["criteria"]]
+    params = load_params(root / "params.yaml", [*EVAL, *overrides])
+    return params, posts, sentences, descriptions
+
+
+def test_prepare_counts_posts_and_evidence_past_the_training_windows(project):
+    w = json.loads(Path("metrics/prepare.json").read_text())["windows"]
+    assert (w["backbone"], w["max_chunks"], w["max_length"]) == ("tiny", 2, 64)
+    for split in ("train", "val", "test"):
+        s = w[split]
+        assert 0 < s["posts_cut"] <= s["posts"] and 0 < s["evidence_unread"] <= s["evidence"]
+    # the same posts are cut by hand: more text tokens than 2 windows of 64 (minus [CLS]/[SEP]) reach
+    params, posts, sentences, descriptions = _load(Path("."))
+    from dsm5lab.models.backbone import build_wordpiece
+
+    train = posts.loc[posts["split"] == "train"]
+    tok = build_wordpiece(train["text"].tolist(), params.model.tiny.vocab_size, descriptions)
+    room = 64 - 2
+    n_tokens = np.array([len(tok(t, add_special_tokens=False)["input_ids"]) for t in train["text"]])
+    reach = room + (room - 16)  # two windows sharing stride=16 tokens
+    assert w["train"]["posts_cut"] == int((n_tokens > reach).sum())
+
+
+def test_enough_windows_cut_nothing(project):
+    params, posts, sentences, descriptions = _load(Path("."), "model.max_chunks=512")
+    w = coverage.count(params, posts, sentences, descriptions)
+    assert all(w[s]["posts_cut"] == 0 and w[s]["evidence_unread"] == 0 for s in ("train", "val", "test"))
+
+
+def test_pairs_leave_less_room_and_cut_more(project):
+    params, posts, sentences, descriptions = _load(Path("."))
+    multi = coverage.count(params, posts, sentences, descriptions)
+    pairs = coverage.count(load_params(Path("params.yaml"), [*EVAL, "train.input_format=binary_pairs"]),
+                           posts, sentences, descriptions)
+    assert pairs["train"]["evidence_unread"] > multi["train"]["evidence_unread"]
+
+
+def test_a_tokenizer_missing_offline_skips_the_counts_with_the_reason(project, tmp_path):
+    params, posts, sentences, descriptions = _load(Path("."), f"model.backbone={tmp_path}")
+    w = coverage.count(params, posts, sentences, descriptions)
+    assert w["skipped"].startswith("tokenizer not available offline")
+    assert "train" not in w
+
+
+def test_evaluate_reads_every_window_and_says_how_many_posts_are_longer(project):
+    report = json.loads(Path("reports/evaluate/evaluation_report.json").read_text())
+    w = report["windows"]
+    assert w["trained_max_chunks"] == 2 and w["read_max_chunks"] is None
+    prep = json.loads(Path("metrics/prepare.json").read_text())["windows"]
+    assert w["test_posts_beyond_training_cap"] == prep["test"]["posts_cut"]
+    assert any("every window of each post" in n for n in report["notes"])
+
+
+def test_predict_reads_the_end_of_a_long_text(project, cli):
+    long_text = " ".join(["I went to work and came home."] * 60 + ["I want to die and I can't sleep at all."])
+    short_text = "I can't sleep at all."
+    every = [json.loads(x) for x in cli("predict", long_text, short_text).stdout.splitlines()]
+    def at(cap: str) -> list[dict]:
+        return [json.loads(x) for x in cli("predict", "--max-chunks", cap, long_text, short_text).stdout.splitlines()]
+
+    capped = at("2")  # the training cap
+    assert every[0]["probabilities"] != capped[0]["probabilities"]
+    assert every[1]["probabilities"] == capped[1]["probabilities"]
+    assert at("1000")[0]["probabilities"] == every[0]["probabilities"]

@@ -94,6 +94,7 @@ def prepare(
         f"unaligned {a['unaligned']}; rejected rows: "
         + ", ".join(f"{k} {v}" for k, v in prep.metrics["rejected"].items())
     )
+    typer.echo(f"windows: {stage.windows_line(prep.metrics['windows'])}")
 
 
 @app.command()
@@ -160,6 +161,8 @@ def predict_cmd(
     model: Annotated[Path | None, typer.Option("--model", help="model directory (default: evaluated, else trained).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="write JSON lines here instead of stdout.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    max_chunks: Annotated[int | None, typer.Option("--max-chunks", min=1, help="windows read per text "
+                                                   "(default: all of them, however long the text).")] = None,
 ) -> None:
     """Criteria probabilities, decisions (tuned thresholds) and evidence for texts, as JSON lines."""
     from dsm5lab import predict as pr
@@ -176,7 +179,7 @@ def predict_cmd(
     if not items:
         raise UserError("no input text (arguments, --file or stdin)")
     model_dir = model if model is not None else pr.default_model()
-    results = pr.predict_texts(model_dir, items, batch_size, show_progress=file is not None)
+    results = pr.predict_texts(model_dir, items, batch_size, show_progress=file is not None, max_chunks=max_chunks)
     if out is None:
         pr.write_lines(results, sys.stdout)
         return

@@ -82,13 +82,15 @@ def _evidence(text: str, sent: pd.DataFrame, probs: np.ndarray, span: np.ndarray
 
 
 def predict_texts(model_dir: Path, items: list[tuple[str, str]], batch_size: int = 32,
-                  top_sentences: int = 3, show_progress: bool = False) -> Iterator[dict]:
-    """One result dict per input, in input order, computed in batches."""
+                  top_sentences: int = 3, show_progress: bool = False,
+                  max_chunks: int | None = None) -> Iterator[dict]:
+    """One result dict per input, in input order, computed in batches; every window of a text unless max_chunks."""
     from dsm5lab.evaluation.views import predict_split
     from dsm5lab.progress import progress
     from dsm5lab.training.inference import load_for_inference
 
-    model, windower, config, _ = load_for_inference(model_dir)
+    model, windower, config, _ = load_for_inference(model_dir, max_chunks)
+    budget = int(config["encode"]["max_chunks"])
     thresholds = np.array([config["thresholds"][s] for s in SYMPTOMS])
     device = next(model.parameters()).device
     starts = range(0, len(items), batch_size)
@@ -96,7 +98,7 @@ def predict_texts(model_dir: Path, items: list[tuple[str, str]], batch_size: int
         chunk = items[start : start + batch_size]
         posts, sentences = _frames(chunk)
         # the same per-post assembly the evaluate stage uses (criteria, sentence scores, best spans)
-        split = predict_split("input", model, windower, posts, sentences, batch_size, device)
+        split = predict_split("input", model, windower, posts, sentences, batch_size, device, budget)
         by_post = {pid: g for pid, g in sentences.groupby("post_id", sort=False)}
         for i, ((ident, text), pid) in enumerate(zip(chunk, posts["post_id"])):
             result: dict = {"id": ident}

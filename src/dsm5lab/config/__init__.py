@@ -184,6 +184,7 @@ class EvaluateConfig(Strict):
     ranking_k: int = Field(ge=1, le=100)
     calibration_bins: int = Field(ge=2, le=100)
     max_errors: int = Field(ge=0)
+    max_chunks: int | None = Field(default=None, ge=1)  # windows read per post; None = all (training caps at model.max_chunks)
 
 
 class NumericsConfig(Strict):

@@ -12,6 +12,7 @@ import pandas as pd
 
 from dsm5lab import atomic, layout
 from dsm5lab.config import Params
+from dsm5lab.data import coverage
 from dsm5lab.data.alignment import METHODS, UNALIGNED, Aligner, Match
 from dsm5lab.data.criteria import criteria_document, load_criteria
 from dsm5lab.data.labels import ANNOTATION_LABELS, NO_SYMPTOMS, POST_LABELS, SYMPTOMS
@@ -207,6 +208,7 @@ def build(params: Params) -> Prepared:
     sentences = sentences.join(where, on="post_id")
     ann = ann.join(where, on="post_id")
     metrics = compute_metrics(prep_posts, sentences, ann, bundle, conflicts, cfg.n_folds)
+    metrics["windows"] = coverage.count(params, prep_posts, sentences, [c.description for c in criteria])
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "origin": bundle.origin,
@@ -262,6 +264,18 @@ def write(prep: Prepared, root: Path) -> None:
         for name, frame in label_distribution(prep.posts).items():
             frame.to_csv(plots / f"{name}.csv", index=False, lineterminator="\n")
     atomic.write_json(root / layout.PREPARE_METRICS, prep.metrics)
+
+
+def windows_line(w: dict) -> str:
+    """One line on what training does not read (metrics/prepare.json `windows`)."""
+    cap = f"{w['max_chunks']} x {w['max_length']} tokens ({w['backbone']})"
+    if "skipped" in w:
+        return f"coverage at {cap} skipped: {w['skipped']}"
+    unit = "sentences" if "sentences" in w["train"] else "posts"
+    tr = w["train"]
+    return (f"training reads {cap}: {tr[f'{unit}_cut']} of {tr[unit]} train {unit} are cut, "
+            f"{tr['evidence_unread']} of {tr['evidence']} evidence annotations unread "
+            f"({tr['evidence_partly_read']} partly); evaluate and predict read every window")
 
 
 def summary_rows(prep: Prepared) -> list[tuple[str, ...]]:

@@ -26,6 +26,7 @@ class Settings:
     calibration_bins: int
     max_errors: int
     batch_size: int
+    max_chunks: int | None = None
 
 
 def validate_report(report: dict) -> None:
@@ -64,12 +65,18 @@ def build_report(params: Params, model_dir: Path, config: dict, manifest: dict, 
         # pinned, the same on every x86-64 machine; native, it names this machine's kernel level
         "numerics": {**effective(params.numerics.cpu_isa), "torch": str(torch.__version__)},
         "splits": {"val": len(val.posts), "test": len(test.posts)},
+        "windows": {"trained_max_chunks": config["encode"]["max_chunks"], "read_max_chunks": settings.max_chunks,
+                    "val_posts_beyond_training_cap": val.beyond_cap, "test_posts_beyond_training_cap": test.beyond_cap},
         "notes": [
             "All metrics are on the test split; thresholds are tuned on the validation split only.",
             "macro = unweighted mean over criteria with at least one positive in the split; "
             "weighted = support-weighted mean over the same; micro = pooled decisions.",
             f"Confidence intervals: {settings.ci_level:.0%} percentile bootstrap over test posts "
             f"({settings.bootstrap_resamples} resamples, seed {settings.seed}).",
+            f"Posts are read in windows of {config['encode']['max_length']} tokens: "
+            + ("every window of each post" if settings.max_chunks is None else f"at most {settings.max_chunks}")
+            + f" here, at most {config['encode']['max_chunks']} in training "
+            f"({val.beyond_cap} val and {test.beyond_cap} test posts are longer than that).",
         ],
     }
     if val.prob is not None:
@@ -194,16 +201,17 @@ def run(params: Params, root: Path = Path("."), model_dir: Path | None = None, o
 
     root = Path(root)
     model_dir = Path(model_dir) if model_dir is not None else root / layout.TRAINED_MODEL
-    model, windower, config, _ = load_for_inference(model_dir)
+    settings = Settings(seed=params.seed, **params.evaluate.model_dump())
+    model, windower, config, _ = load_for_inference(model_dir, settings.max_chunks)
     prepared = root / layout.PREPARED
     if not (prepared / "manifest.json").is_file():
         raise UserError(f"{prepared}: no prepared data (manifest.json missing); run `dvc repro prepare` first")
     manifest = json.loads((prepared / "manifest.json").read_text())
-    settings = Settings(seed=params.seed, **params.evaluate.model_dump())
     device = next(model.parameters()).device
     val_posts, test_posts, sentences = ev.load_splits_for_eval(prepared)
-    val = ev.predict_split("val", model, windower, val_posts, sentences, settings.batch_size, device)
-    test = ev.predict_split("test", model, windower, test_posts, sentences, settings.batch_size, device)
+    budget = int(config["encode"]["max_chunks"])
+    val = ev.predict_split("val", model, windower, val_posts, sentences, settings.batch_size, device, budget)
+    test = ev.predict_split("test", model, windower, test_posts, sentences, settings.batch_size, device, budget)
     report = build_report(params, model_dir, config, manifest, val, test, settings)
     validate_report(report)
     report_dir = root / layout.EVALUATE_REPORTS if out_dir is None else Path(out_dir)

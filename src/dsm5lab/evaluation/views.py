@@ -30,15 +30,21 @@ class SplitPredictions:
     prob: np.ndarray | None  # (n_posts, 9) post probabilities (criteria models)
     sentences: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # per post: gold (n,9), prob (n,9), char spans (n,2)
     spans: np.ndarray | None  # (n_posts, 9, 3) best evidence span per criterion: char start, end, score
+    beyond_cap: int = 0  # posts with more windows than window_budget (text training never read)
 
 
-def predict_split(name, model, windower, posts, sentences, batch_size, device) -> SplitPredictions:
-    """Run the model over a split's posts and gather per-post criteria and evidence outputs."""
+def predict_split(name, model, windower, posts, sentences, batch_size, device,
+                  window_budget: int | None = None) -> SplitPredictions:
+    """Run the model over a split's posts and gather per-post criteria and evidence outputs.
+
+    window_budget: windows per post a batch may average (the training cap), see inference.batches_by_windows.
+    """
     from dsm5lab.training.inference import post_matrix, predict
 
     groups = windower.encode(posts, sentences)
     pad = windower.tok.pad_token_id
-    out = predict(model, groups, batch_size, pad, device, "fp32", spans=model.spec.has_evidence)
+    out = predict(model, groups, batch_size, pad, device, "fp32", spans=model.spec.has_evidence,
+                  window_budget=window_budget)
     ids = posts["post_id"].tolist()
     row = {pid: i for i, pid in enumerate(ids)}
     prob = post_matrix(groups, out["probs"], ids) if model.spec.has_criteria else None
@@ -58,8 +64,9 @@ def predict_split(name, model, windower, posts, sentences, batch_size, device) -
             per_post[row[g.post_id]][1][:, cols] = sp
         if sc is not None:
             spans[row[g.post_id], cols] = sc
+    beyond = {g.post_id for g in groups if window_budget is not None and len(g.windows) > window_budget}
     return SplitPredictions(name, posts, posts[list(SYMPTOMS)].to_numpy(), prob,
-                            [tuple(x) for x in per_post], spans)
+                            [tuple(x) for x in per_post], spans, len(beyond))
 
 
 def paper_matrices(gold: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:

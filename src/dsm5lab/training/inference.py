@@ -21,32 +21,58 @@ VAL_METRICS = {
 }
 
 
-def load_for_inference(model_dir):
-    """A saved model on the device it will run on, its Windower, config and criteria (evaluate and predict)."""
+EVERY_WINDOW = 10**9  # max_chunks that no post reaches: the whole post is read
+
+
+def load_for_inference(model_dir, max_chunks: int | None = None):
+    """A saved model on the device it will run on, its Windower, config and criteria (evaluate and predict).
+
+    The windower reads at most `max_chunks` windows per post; None (the default) reads every window,
+    whatever cap training used (model.max_chunks), so no part of a long post goes unscored.
+    """
     from dsm5lab.device import pick_device
     from dsm5lab.models.saved import load_model
     from dsm5lab.training.encoding import Windower, WindowSpec
 
     model, tokenizer, config, criteria = load_model(model_dir)
-    windower = Windower(tokenizer, WindowSpec(**config["encode"]), [c.description for c in criteria])
+    spec = WindowSpec(**{**config["encode"], "max_chunks": max_chunks or EVERY_WINDOW})
+    windower = Windower(tokenizer, spec, [c.description for c in criteria])
     return model.to(pick_device()), windower, config, criteria
+
+
+def batches_by_windows(groups: list[Group], batch_size: int, window_budget: int | None) -> list[list[int]]:
+    """Groups sorted by length, cut into batches of at most batch_size groups and batch_size x window_budget
+    windows (a post longer than that is a batch of its own), so uncapped posts keep memory where training had it."""
+    order = [i for batch in bucket_batches([g.n_tokens for g in groups], len(groups) or 1, None) for i in batch]
+    if window_budget is None:
+        return [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+    limit = batch_size * window_budget
+    batches: list[list[int]] = []
+    windows = 0
+    for i in order:
+        n = len(groups[i].windows)
+        if not batches or len(batches[-1]) >= batch_size or windows + n > limit:
+            batches.append([])
+            windows = 0
+        batches[-1].append(i)
+        windows += n
+    return batches
 
 
 @torch.no_grad()
 def predict(model, groups: list[Group], batch_size: int, pad_id: int, device, precision: str,
-            params: Params | None = None, weights: dict | None = None, spans: bool = False) -> dict:
+            params: Params | None = None, weights: dict | None = None, spans: bool = False,
+            window_budget: int | None = None) -> dict:
     """Probabilities per group (G, C), sentence probabilities per group, the mean loss if params are given,
     and with `spans` the best evidence span per group and channel as (G, C, 3) [char start, char end, score]
-    (-1, -1, 0 when none), the best over the group's windows."""
+    (-1, -1, 0 when none), the best over the group's windows. `window_budget`: see batches_by_windows."""
     model.eval()
     kind = model.spec.evidence_head if model.spec.has_evidence else None
-    order = [i for batch in bucket_batches([g.n_tokens for g in groups], batch_size, None) for i in batch]
     probs = np.zeros((len(groups), model.spec.channels), dtype=np.float32)
     sent_probs: list[np.ndarray | None] = [None] * len(groups)
     best = np.tile(np.array([-1.0, -1.0, 0.0], dtype=np.float32), (len(groups), model.spec.channels, 1))
     losses, sizes = [], []
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    for idx in batches_by_windows(groups, batch_size, window_budget):
         batch = to_device(collate([groups[i] for i in idx], pad_id, kind, model.spec.max_span_tokens), device)
         with autocast_for(device, precision):
             out = model(batch)
