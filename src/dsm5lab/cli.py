@@ -61,17 +61,18 @@ def _load_pinned(params: Path, overrides: list[str] | None):
     return cfg
 
 
-def _print_table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+def _print_table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]], width: int = 100,
+                 justify: str = "right") -> None:
     from rich.console import Console
     from rich.table import Table
 
     typer.echo(title)
     table = Table()
     for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i == 0 else "right")
+        table.add_column(name, justify="left" if i == 0 else justify)
     for row in rows:
         table.add_row(*row)
-    Console(file=sys.stdout, width=100).print(table)
+    Console(file=sys.stdout, width=width).print(table)
 
 
 @app.command()
@@ -120,9 +121,12 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="continue from the last checkpoint of the run.")] = False,
 ) -> None:
     """Train the model params.yaml describes on stages/prepare; write stages/train/model and metrics/train.json."""
+    from dsm5lab.models.catalog import pretrained_lr_warning
     from dsm5lab.training import stage
 
     cfg = _load_pinned(params, set_)
+    if warning := pretrained_lr_warning(cfg):
+        typer.echo(warning, err=True)
     result, report = stage.run(cfg, Path("."), resume=resume)
     val = report["val"]
     typer.echo(
@@ -191,6 +195,58 @@ def predict_cmd(
     n = pr.write_lines(results, buffer)
     atomic.write_text(out, buffer.getvalue())
     typer.echo(f"wrote {n} predictions to {out}", err=True)
+
+
+models_app = typer.Typer(help="The backbone catalog: what each encoder is and whether it loads offline here; `check` one.",
+                         invoke_without_command=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback()
+@user_errors
+def models(ctx: typer.Context) -> None:
+    """List the catalog's backbones: family, usable positions, tokenizer, and whether they load offline here."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from dsm5lab.models import catalog
+
+    rows = catalog.table_rows()
+    _print_table(f"models: {len(rows)} backbones in src/dsm5lab/models/catalog.yaml", catalog.TABLE_HEADER, rows,
+                 width=190, justify="left")
+    here = sum(r[-1].startswith("yes") for r in rows)
+    typer.echo(f"models: {here} of {len(rows)} load offline here. `dsm5lab models check NAME|DIR` loads one's config "
+               "and tokenizer; `dsm5lab preset NAME` writes its recommended values into params.yaml")
+
+
+@models_app.command("check")
+@user_errors
+def models_check(
+    target: Annotated[str, typer.Argument(metavar="NAME|DIR", help="a catalog name, a model directory or a cached Hub id.")],
+) -> None:
+    """Load a backbone's config and tokenizer offline (no weights); exit 1 when training would not work."""
+    from dsm5lab.models import catalog
+
+    report = catalog.check(target)
+    _print_table(f"models check: {target}", ("", "result"), report.rows(), width=120, justify="left")
+    if not report.trainable:
+        typer.echo(f"models check: {target} cannot be trained here: " + "; ".join(report.problems), err=True)
+        raise typer.Exit(code=1)
+
+
+@app.command()
+@user_errors
+def preset(
+    name: Annotated[str, typer.Argument(help="a catalog name (`dsm5lab models`).")],
+    params: ParamsOpt = Path("params.yaml"),
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the diff; change nothing.")] = False,
+) -> None:
+    """Write a backbone's recommended fine-tuning values (catalog) into params.yaml, comments kept; print the diff."""
+    from dsm5lab.preset import apply_preset
+
+    changed, diff = apply_preset(name, params, dry_run=dry_run)
+    typer.echo(diff, nl=False)
+    verb = "would change" if dry_run else "changed"
+    typer.echo(f"preset {name}: {verb} {len(changed)} value(s) in {params}")
 
 
 hpo_app = typer.Typer(help="Hyperparameter search with Optuna: run the stage, add workers, promote, export.",

@@ -150,6 +150,7 @@ class TrainConfig(Strict):
     grad_accum_steps: int = Field(ge=1)
     learning_rate: float = Field(gt=0.0, le=1.0)
     head_lr_multiplier: float = Field(gt=0.0)
+    layer_lr_decay: float = Field(gt=0.0, le=1.0)  # 1 = off; the encoder's layer k below the top gets lr * decay^k
     weight_decay: float = Field(ge=0.0)
     scheduler: Literal["linear", "cosine", "constant"]
     warmup_ratio: float = Field(ge=0.0, lt=1.0)
