@@ -306,3 +306,24 @@ def test_two_objectives_give_a_pareto_front(tmp_path):
     assert "## Pareto front" in (root / "reports/hpo/summary.md").read_text()
     header = (root / "reports/hpo/trials.csv").read_text().splitlines()[0]
     assert "value_0" in header and "value_1" in header
+
+
+def test_a_backbone_missing_offline_stops_the_study_before_it_starts(tmp_path, monkeypatch):
+    """The shipped pretrained space names Hub models: without them here, hpo run refuses up front."""
+    from dsm5lab.hpo import study
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty Hugging Face cache
+    params = params_with(space="pretrained")
+    with pytest.raises(UserError, match=r"hpo.spaces.pretrained: model.backbone choice\(s\) not available offline "
+                                        r"here: bert-base \(hf download google-bert/bert-base-uncased\)"):
+        study.run(params, tmp_path)
+    assert not (tmp_path / "stages").exists()  # no storage, no study created
+    local = params_with(space="default")
+    study._check_backbones(local)  # tiny is built in
+    raw = default_params()
+    raw["model"]["backbone"] = str(tmp_path)
+    raw["hpo"]["space"] = "default"
+    study._check_backbones(validate(raw))  # a directory is fine
+    raw["model"]["backbone"] = "someone/not-cached"
+    with pytest.raises(UserError, match="someone/not-cached \\(not a directory nor in the Hugging Face cache\\)"):
+        study._check_backbones(validate(raw))

@@ -86,6 +86,27 @@ def _trial_epochs(params: Params) -> int:
     return int(params.hpo.trial_overrides.get("train.epochs", params.train.epochs))
 
 
+def _check_backbones(params: Params) -> None:
+    """Every backbone a trial can draw must load offline here: one missing would stop the study mid-way."""
+    from dsm5lab.models import catalog
+
+    dist = params.hpo.search_space.get("model.backbone")
+    names = dist.choices if dist is not None else [params.hpo.trial_overrides.get("model.backbone",
+                                                                                  params.model.backbone)]
+    missing = []
+    for name in names:
+        known = catalog.entries().get(str(name))
+        if known is not None:
+            where = catalog.availability(known)
+            if not where.offline:
+                missing.append(f"{name} ({where.where})")
+        elif not Path(str(name)).is_dir() and not catalog.cached(str(name), "config.json"):
+            missing.append(f"{name} (not a directory nor in the Hugging Face cache)")
+    if missing:
+        raise UserError(f"hpo.spaces.{params.hpo.space}: model.backbone choice(s) not available offline here: "
+                        f"{', '.join(missing)}; fetch them or drop them from the choices (`dsm5lab models`)")
+
+
 def _check_objectives(params: Params) -> None:
     from dsm5lab.training.inference import VAL_METRICS
 
@@ -163,6 +184,7 @@ def run(params: Params, root: Path = Path("."), echo: Echo = _quiet) -> dict:
 
     root = Path(root)
     _check_objectives(params)
+    _check_backbones(params)
     url = storage_url(params, root)
     name, fp, data = study_identity(params, root / layout.PREPARED)
     storage = st.open_storage(url, params.hpo.stale)
