@@ -203,7 +203,7 @@ def test_non_finite_loss_stops_with_a_clear_error(project, cli, monkeypatch):
 @pytest.mark.parametrize(
     "backbone,fragment",
     [
-        ("bert-base", "'bert-base' (bert-base-uncased) is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"),
+        ("bert-base", "'bert-base' (google-bert/bert-base-uncased) is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"),
         ("no such model!", "neither a catalog name"),
     ],
 )

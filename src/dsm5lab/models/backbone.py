@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -11,6 +12,15 @@ from importlib import resources
 from pathlib import Path
 
 from dsm5lab.errors import UserError
+
+log = logging.getLogger("dsm5lab.backbone")
+
+# model.hidden_dropout and model.attention_dropout under each family's config name: BERT, RoBERTa, XLM-R,
+# ELECTRA, DeBERTa, Longformer | DistilBERT | ModernBERT (embedding and MLP dropout are its hidden dropout)
+DROPOUT_KEYS = {
+    "hidden_dropout": ("hidden_dropout_prob", "dropout", "embedding_dropout", "mlp_dropout", "hidden_dropout"),
+    "attention_dropout": ("attention_probs_dropout_prob", "attention_dropout"),
+}
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -117,6 +127,55 @@ def _tiny_encoder(cfg, vocab_size: int, max_positions: int):
     return BertModel(config)  # with the pooler, so AutoModel.from_config rebuilds the same weights
 
 
+def set_dropouts(config, cfg, name: str) -> None:
+    """Write model.hidden_dropout and model.attention_dropout under the names the encoder's config uses."""
+    settings = config.to_dict()
+    for param, keys in DROPOUT_KEYS.items():
+        present = [k for k in keys if k in settings]
+        for key in present:
+            setattr(config, key, getattr(cfg, param))
+        if not present:
+            log.warning("model.%s: %r (%s) has none of the dropout settings %s; it keeps its own", param, name,
+                        getattr(config, "model_type", "?"), ", ".join(keys))
+
+
+def usable_positions(encoder) -> int | None:
+    """Token positions a window may use; RoBERTa-style embeddings (RoBERTa, XLM-R, Longformer) number
+    tokens from padding_idx + 1, so the first padding_idx + 1 rows are never a real token's."""
+    n = getattr(encoder.config, "max_position_embeddings", None)
+    if n is None:
+        return None
+    table = getattr(getattr(encoder, "embeddings", None), "position_embeddings", None)
+    pad = getattr(table, "padding_idx", None)
+    return int(n) - (int(pad) + 1 if pad is not None else 0)
+
+
+def check_tokenizer(tokenizer, name: str) -> None:
+    """Refuse tokenizers the windowing cannot use: char offsets and a padding token are needed."""
+    kind = type(tokenizer).__name__
+    has_offsets = getattr(tokenizer, "is_fast", False) and "offset_mapping" in tokenizer(
+        "a b", add_special_tokens=False, return_offsets_mapping=True)
+    if not has_offsets:
+        raise UserError(f"model.backbone: {name!r} has a {kind} without char offsets; dsm5lab needs a fast "
+                        "(tokenizers-backed) tokenizer with return_offsets_mapping: save one with tokenizer.json")
+    if tokenizer.pad_token_id is None:
+        raise UserError(f"model.backbone: {name!r} has a {kind} without a padding token; set pad_token in its "
+                        "tokenizer_config.json")
+
+
+def _needs_sentencepiece(location: str, kind: str, exc: Exception | None = None) -> bool:
+    """Whether the tokenizer cannot load for want of sentencepiece and protobuf: a local directory with only a
+    sentencepiece *.model (the Hub's DeBERTa-v3 layout), or a Hub load that failed naming them (transformers
+    then reports a missing tiktoken, which would mislead)."""
+    from transformers.utils import import_utils
+
+    if import_utils.is_sentencepiece_available() and import_utils.is_protobuf_available():
+        return False
+    if kind == "local":
+        return not (Path(location) / "tokenizer.json").is_file() and any(Path(location).glob("*.model"))
+    return exc is not None and any(word in str(exc).lower() for word in ("sentencepiece", "tiktoken", "protobuf"))
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
@@ -130,19 +189,26 @@ def _pretrained(location: str, kind: str, cfg, name: str):
     if quiet():
         hf_logging.disable_progress_bar()
 
-    overrides = {"hidden_dropout_prob": cfg.hidden_dropout, "attention_probs_dropout_prob": cfg.attention_dropout}
+    spm_only = UserError(f"model.backbone: {name!r} ships its tokenizer only as a sentencepiece model (*.model, "
+                         "no tokenizer.json); reading it needs the packages sentencepiece and protobuf: "
+                         "pip install -r requirements.lock")
+    if kind == "local" and _needs_sentencepiece(location, kind):
+        raise spm_only
     tries = [True] if kind == "local" or _offline() else [True, False]
     last: Exception | None = None
     for local_only in tries:
         try:
             config = AutoConfig.from_pretrained(location, local_files_only=local_only)
-            for key, value in overrides.items():
-                if hasattr(config, key):
-                    setattr(config, key, value)
+            set_dropouts(config, cfg, name)
             tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
             encoder = AutoModel.from_pretrained(location, config=config, local_files_only=local_only)
             return encoder, tokenizer
-        except (OSError, ValueError) as exc:
+        except (ImportError, OSError, ValueError) as exc:
+            if _needs_sentencepiece(location, kind, exc):
+                raise spm_only from None
+            if isinstance(exc, ImportError):
+                raise UserError(f"model.backbone: {name!r} needs a package that is not installed: "
+                                f"{str(exc).strip().splitlines()[0]}") from None
             last = exc
     if kind == "local":
         raise UserError(f"model.backbone: cannot load {name!r} from {location}: {str(last).splitlines()[0]}")
@@ -165,11 +231,13 @@ def build_backbone(cfg, train_texts: list[str], always_texts: list[str] = ()) ->
         encoder = _tiny_encoder(cfg, len(tokenizer), max_positions)
     else:
         encoder, tokenizer = _pretrained(location, kind, cfg, cfg.backbone)
-        max_positions = int(getattr(encoder.config, "max_position_embeddings", cfg.max_length))
-        if not getattr(tokenizer, "is_fast", False):
-            raise UserError(f"model.backbone: {cfg.backbone!r} has no fast tokenizer (char offsets are needed)")
+        check_tokenizer(tokenizer, cfg.backbone)
+        usable = usable_positions(encoder)
+        max_positions = cfg.max_length if usable is None else usable
     if cfg.max_length > max_positions:
-        raise UserError(f"model.max_length: {cfg.max_length} exceeds {cfg.backbone!r}'s {max_positions} positions")
+        table = getattr(encoder.config, "max_position_embeddings", max_positions)
+        raise UserError(f"model.max_length: {cfg.max_length} exceeds {cfg.backbone!r}'s {max_positions} usable "
+                        f"positions (max_position_embeddings {table}); allowed: up to {max_positions}")
     if cfg.gradient_checkpointing:  # transformers 5 renamed it; older releases only have the first name
         enable = getattr(encoder, "activation_checkpointing_enable", None) or encoder.gradient_checkpointing_enable
         enable()

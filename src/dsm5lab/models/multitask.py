@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import asdict, dataclass
 
 import torch
@@ -41,6 +42,16 @@ def group_max(values: Tensor, index: Tensor, n: int) -> Tensor:
     return out.scatter_reduce(0, index.unsqueeze(1).expand_as(values), values, "amax", include_self=False)
 
 
+def leading_tokens(mask: Tensor, text_mask: Tensor | None) -> Tensor:
+    """1 on each window's tokens before its text (the first special token, and a binary_pairs criterion
+    description): Longformer's global attention, as it is used for a classification token and a question."""
+    lead = torch.zeros_like(mask)
+    if text_mask is not None:
+        lead = ((torch.cumsum(text_mask.long(), dim=1) == 0) & mask.bool()).long()
+    lead[:, 0] = mask[:, 0]
+    return lead
+
+
 class MultiTaskModel(nn.Module):
     """Encoder -> (pooling -> criteria head) and/or (token states -> evidence head + sentence scorer)."""
 
@@ -48,6 +59,10 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.spec = spec
+        # DistilBERT and ModernBERT take no token_type_ids (their **kwargs would swallow them unseen);
+        # Longformer takes a global_attention_mask
+        named = inspect.signature(encoder.forward).parameters
+        self.encoder_inputs = frozenset(k for k in ("token_type_ids", "global_attention_mask") if k in named)
         c = spec.channels
         if spec.has_criteria:
             self.pooling = build_pooling(spec.pooling, hidden_size)
@@ -67,8 +82,10 @@ class MultiTaskModel(nn.Module):
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         mask = batch["attention_mask"]
         kwargs = {"input_ids": batch["input_ids"], "attention_mask": mask}
-        if "token_type_ids" in batch:
+        if "token_type_ids" in batch and "token_type_ids" in self.encoder_inputs:
             kwargs["token_type_ids"] = batch["token_type_ids"]
+        if "global_attention_mask" in self.encoder_inputs:
+            kwargs["global_attention_mask"] = leading_tokens(mask, batch.get("text_mask"))
         need_layers = self.spec.has_criteria and self.spec.pooling == "last_2_layer_mix"
         enc = self.encoder(**kwargs, output_hidden_states=need_layers)
         last = enc.last_hidden_state

@@ -21,7 +21,7 @@ class Window:
     input_ids: np.ndarray  # (T,) int64, special tokens included
     token_type_ids: np.ndarray  # (T,) int64
     sentence_ids: np.ndarray  # (T,) sentence index within the post, -1 for special/description tokens
-    offsets: np.ndarray  # (T, 2) char offsets into the post text, -1 outside the text
+    offsets: np.ndarray  # (T, 2) char offsets into the post text, -1 outside it (or only whitespace)
     spans: list[list[tuple[int, int]]]  # per channel: inclusive token spans of evidence in this window
 
 
@@ -79,6 +79,25 @@ def _window_starts(n: int, room: int, stride: int, max_chunks: int) -> list[int]
     while starts[-1] + room < n and len(starts) < max_chunks:
         starts.append(starts[-1] + step)
     return starts
+
+
+def trim_offsets(text: str, offsets: np.ndarray) -> np.ndarray:
+    """Offsets of the text itself: starts moved past leading whitespace, which byte-level BPE without offset
+    trimming (ModernBERT's, GPT-2-style) and sentencepiece pieces give "Ġword"/"▁word", so the token falls in its
+    sentence; tokens that are only whitespace (a lone "▁") get -1, as no text, so no evidence span ends on one."""
+    if len(offsets) == 0 or not text:
+        return offsets
+    n = len(text)
+    keep = np.fromiter((not c.isspace() for c in text), dtype=bool, count=n)
+    first = np.where(keep, np.arange(n), n)
+    next_text = np.append(np.minimum.accumulate(first[::-1])[::-1], n)  # first non-space at or after i
+    starts, ends = offsets[:, 0], offsets[:, 1]
+    moved = next_text[np.clip(starts, 0, n)]
+    out = offsets.copy()
+    wide = starts < ends
+    out[:, 0] = np.where(wide & (moved < ends), moved, starts)
+    out[wide & (moved >= ends)] = -1
+    return out
 
 
 def _sentence_of(offsets: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -154,7 +173,7 @@ class Windower:
         groups: list[Group] = []
         for i, pid in enumerate(posts["post_id"]):
             ids = np.asarray(enc["input_ids"][i], dtype=np.int64)
-            offs = np.asarray(enc["offset_mapping"][i], dtype=np.int64).reshape(-1, 2)
+            offs = trim_offsets(texts[i], np.asarray(enc["offset_mapping"][i], dtype=np.int64).reshape(-1, 2))
             sents = by_post.get(pid)
             if sents is None:
                 sents = sentences.iloc[:0]
@@ -178,12 +197,14 @@ class Windower:
 
     def encode_sentences(self, sentences: pd.DataFrame) -> list[Group]:
         """Groups for level=sentence: each sentence (or sentence and criterion) is one truncated window."""
-        enc = self.tok(sentences["text"].tolist(), add_special_tokens=False, return_offsets_mapping=True)
+        texts = sentences["text"].tolist()
+        enc = self.tok(texts, add_special_tokens=False, return_offsets_mapping=True)
         labels = (sentences[list(SYMPTOMS)].to_numpy() == 1).astype(np.float32)
         groups: list[Group] = []
         for i, (pid, idx, start) in enumerate(zip(sentences["post_id"], sentences["sentence_index"], sentences["start"])):
             ids = np.asarray(enc["input_ids"][i], dtype=np.int64)
-            offs = np.asarray(enc["offset_mapping"][i], dtype=np.int64).reshape(-1, 2) + int(start)
+            offs = trim_offsets(texts[i], np.asarray(enc["offset_mapping"][i], dtype=np.int64).reshape(-1, 2))
+            offs = np.where(offs >= 0, offs + int(start), offs)
             sent_of = np.full(len(ids), int(idx), dtype=np.int64)
             descs = [None] if self.spec.input_format == "multi_label" else self.desc_ids
             for c, desc in enumerate(descs):
