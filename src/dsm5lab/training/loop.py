@@ -7,6 +7,7 @@ in the loop, not its shape; everything the loop needs is built by `run.build_run
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -22,11 +23,13 @@ from dsm5lab.errors import UserError
 from dsm5lab.metrics import chance_macro_f1
 from dsm5lab.progress import progress
 from dsm5lab.pool.policy import mode_for
+from dsm5lab.training.batch_probe import is_oom, release_memory
 from dsm5lab.training.inference import predict, validation_metrics
 from dsm5lab.training.multitask_loss import multitask_loss
 from dsm5lab.training.run import Run, system_info
 
 OnValidation = Callable[[int, dict], None]
+log = logging.getLogger("dsm5lab.train")
 
 
 class DivergedError(UserError):
@@ -50,7 +53,11 @@ class TrainResult:
 
 
 def fit(run: Run, tracker, on_validation: OnValidation | None = None) -> TrainResult:
-    """Train the run; validate, checkpoint and stop early. The best checkpoint is `result.best_checkpoint`."""
+    """Train the run; validate, checkpoint and stop early. The best checkpoint is `result.best_checkpoint`.
+
+    An out-of-memory in a forward or backward pass halves the micro-batch and redoes its optimizer
+    step from the step's first micro-batch (see `_halve_micro_batch`).
+    """
     t, s, model, optimizer = run.params.train, run.state, run.model, run.optimizer
     system = _log_start(run, tracker)
     model.train()
@@ -61,42 +68,61 @@ def fit(run: Run, tracker, on_validation: OnValidation | None = None) -> TrainRe
     for epoch in range(start_epoch, t.epochs):
         order = run.epoch_order(epoch)
         tick = time.perf_counter()
-        batches = zip(order[skip:], run.batches(order[skip:], epoch))
-        for bi, (idx, batch) in enumerate(progress(batches, f"epoch {epoch + 1}/{t.epochs}",
-                                                   total=len(order) - skip), start=skip):
-            with autocast_for(run.device, t.precision):
-                out = model(batch)
-                loss, parts = multitask_loss(out, batch, model, run.params, run.weights)
-            if not torch.isfinite(loss):
-                raise DivergedError(
-                    f"train: loss is {loss.item()} at step {s.step} (epoch {epoch + 1}); stopped without "
-                    "saving it. Lower train.learning_rate, keep train.max_grad_norm > 0, or use precision fp32"
-                )
-            # the epoch's last accumulation window may hold fewer micro-batches: average over those it has
-            window = min(s.accumulation, len(order) - (bi // s.accumulation) * s.accumulation)
-            run.scaler.scale(loss / window).backward()
-            s.train_groups += len(idx)
-            s.train_tokens += int(batch["attention_mask"].sum())
-            last_in_epoch = bi + 1 == len(order)
-            if (bi + 1) % s.accumulation and not last_in_epoch:
-                continue
-            run.scaler.unscale_(optimizer)
-            if t.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
-            run.scaler.step(optimizer)
-            run.scaler.update()
-            run.scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            s.step += 1
-            if s.step % t.log_every_steps == 0:
-                tracker.log_metrics({"train/loss": loss.item(), "train/lr": run.scheduler.get_last_lr()[0],
-                                     **{f"train/loss_{k}": v.item() for k, v in parts.items()}}, step=s.step)
-            if t.eval_every_steps and s.step % t.eval_every_steps == 0 and not last_in_epoch:
-                s.train_seconds += time.perf_counter() - tick
-                stopped = validate_and_checkpoint(run, tracker, epoch, bi + 1, on_validation)
-                tick = time.perf_counter()
-                if stopped:
+        restart: int | None = skip
+        while restart is not None:  # once per pass; an out-of-memory starts another at its step's first batch
+            pieces = split_micro_batches(order, restart, s.micro_splits)
+            step_start = _StepStart.now(run, restart)
+            batches, restart = zip(pieces, run.batches([idx for _, idx, _, _ in pieces], epoch)), None
+            for (bi, idx, first, last), batch in progress(batches, f"epoch {epoch + 1}/{t.epochs}",
+                                                          total=len(pieces)):
+                if first and bi % s.accumulation == 0:
+                    step_start = _StepStart.now(run, bi)
+                try:
+                    with autocast_for(run.device, t.precision):
+                        out = model(batch)
+                        loss, parts = multitask_loss(out, batch, model, run.params, run.weights)
+                    if not torch.isfinite(loss):
+                        raise DivergedError(
+                            f"train: loss is {loss.item()} at step {s.step} (epoch {epoch + 1}); stopped "
+                            "without saving it. Lower train.learning_rate, keep train.max_grad_norm > 0, "
+                            "or use precision fp32"
+                        )
+                    # the epoch's last accumulation window may hold fewer micro-batches: average over those
+                    # it has; a micro-batch run in pieces weighs each piece by its share of the groups
+                    window = min(s.accumulation, len(order) - (bi // s.accumulation) * s.accumulation)
+                    run.scaler.scale(loss * (len(idx) / len(order[bi])) / window).backward()
+                except Exception as exc:  # noqa: BLE001 - only an out-of-memory is handled here
+                    if not is_oom(exc):
+                        raise
+                    _check_can_halve(run, epoch, len(idx), exc)
+                    out = loss = parts = None  # a failed backward's graph pins its activations
+                    restart, failed = step_start.batch, len(idx)
                     break
+                s.train_groups += len(idx)
+                s.train_tokens += int(batch["attention_mask"].sum())
+                last_in_epoch = bi + 1 == len(order)
+                if not last or ((bi + 1) % s.accumulation and not last_in_epoch):
+                    continue
+                run.scaler.unscale_(optimizer)
+                if t.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                run.scaler.step(optimizer)
+                run.scaler.update()
+                run.scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                s.step += 1
+                if s.step % t.log_every_steps == 0:
+                    lr = run.scheduler.get_last_lr()[0]
+                    tracker.log_metrics({"train/loss": loss.item(), "train/lr": lr,
+                                         **{f"train/loss_{k}": v.item() for k, v in parts.items()}}, step=s.step)
+                if t.eval_every_steps and s.step % t.eval_every_steps == 0 and not last_in_epoch:
+                    s.train_seconds += time.perf_counter() - tick
+                    stopped = validate_and_checkpoint(run, tracker, epoch, bi + 1, on_validation)
+                    tick = time.perf_counter()
+                    if stopped:
+                        break
+            if restart is not None:  # outside the except block: the error's traceback no longer pins memory
+                _halve_micro_batch(run, tracker, epoch, step_start, failed)
         skip = 0
         if stopped:
             break
@@ -105,6 +131,73 @@ def fit(run: Run, tracker, on_validation: OnValidation | None = None) -> TrainRe
             stopped = True
             break
     return _result(run, stopped, system)
+
+
+def split_micro_batches(order: list[list[int]], start: int, splits: int) -> list[tuple]:
+    """(micro-batch index, groups, first piece?, last piece?) from order[start:], each cut in `splits` pieces.
+
+    The pieces are contiguous and differ in size by at most one, so an optimizer step trains exactly
+    the groups it would with whole micro-batches, in the same order.
+    """
+    out = []
+    for bi in range(start, len(order)):
+        idx = order[bi]
+        k = min(splits, len(idx))
+        q, r = divmod(len(idx), k)
+        bounds = [p * q + min(p, r) for p in range(k + 1)]
+        out += [(bi, idx[bounds[p]:bounds[p + 1]], p == 0, p == k - 1) for p in range(k)]
+    return out
+
+
+@dataclass
+class _StepStart:
+    """Where the current optimizer step began: its first micro-batch, the counters and the RNG there."""
+
+    batch: int
+    groups: int
+    tokens: int
+    rng: tuple
+
+    @classmethod
+    def now(cls, run: Run, batch: int) -> _StepStart:
+        cuda = torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None
+        return cls(batch, run.state.train_groups, run.state.train_tokens, (torch.get_rng_state(), cuda))
+
+
+def _check_can_halve(run: Run, epoch: int, groups: int, exc: BaseException) -> None:
+    """Re-raise an out-of-memory as one clear error when the pass that ran out held a single group."""
+    s, m = run.state, run.params.model
+    if groups == 1:
+        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UserError(
+            f"train: out of memory at step {s.step} (epoch {epoch + 1}) even with a micro-batch of 1 group; "
+            f"lower model.max_length ({m.max_length}) or model.max_chunks ({m.max_chunks}), set "
+            "model.gradient_checkpointing=true or train.precision=bf16, or use a smaller backbone "
+            f"({first_line})"
+        ) from exc
+
+
+def _halve_micro_batch(run: Run, tracker, epoch: int, start: _StepStart, failed: int) -> None:
+    """After an out-of-memory: free memory, halve the micro-batches, and go back to the step's first one.
+
+    The step's partial gradients are dropped, and its group/token counts and RNG put back to where
+    it began, so no group is trained twice or skipped and the step count does not change.
+    """
+    s = run.state
+    run.optimizer.zero_grad(set_to_none=True)
+    release_memory()
+    s.train_groups, s.train_tokens = start.groups, start.tokens
+    torch.set_rng_state(start.rng[0])
+    if start.rng[1] is not None:
+        torch.cuda.set_rng_state(start.rng[1], run.device)
+    before = (s.forward_batch, s.forward_passes)
+    s.micro_splits *= 2
+    tracker.event("out_of_memory", step=s.step, epoch=epoch, micro_batch=s.forward_batch,
+                  accumulation=s.forward_passes, previous_micro_batch=before[0],
+                  previous_accumulation=before[1], failed_pass_groups=failed)
+    log.warning("train: out of memory at step %d (epoch %d): micro-batch %d -> %d, accumulation %d -> %d, "
+                "redoing the step", s.step, epoch + 1, before[0], s.forward_batch, before[1],
+                s.forward_passes)
 
 
 def _log_start(run: Run, tracker) -> dict:
@@ -154,7 +247,8 @@ def _result(run: Run, stopped: bool, system: dict) -> TrainResult:
     s, manager = run.state, run.manager
     secs = max(s.train_seconds, 1e-9)
     throughput = {"samples_per_s": s.train_groups / secs, "tokens_per_s": s.train_tokens / secs,
-                  "train_seconds": s.train_seconds, "micro_batch": s.micro_batch, "accumulation": s.accumulation}
+                  "train_seconds": s.train_seconds, "micro_batch": s.forward_batch,
+                  "accumulation": s.forward_passes}
     has_criteria = run.model.spec.has_criteria
     chance = chance_macro_f1(run.val_posts[list(SYMPTOMS)].to_numpy()) if has_criteria else None
     best_step = next((r["step"] for r in manager.records if manager.best and r["path"] == manager.best.name), None)

@@ -7,7 +7,6 @@ the last checkpoint's on resume). `loop.fit(run, ...)` then only runs the loop.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import platform
@@ -24,7 +23,7 @@ from dsm5lab.config import Params
 from dsm5lab.data.criteria import Criterion, load_criteria
 from dsm5lab.data.labels import SYMPTOMS
 from dsm5lab.data.schema import read_table
-from dsm5lab.device import autocast_for, pick_device, to_device
+from dsm5lab.device import pick_device, to_device
 from dsm5lab.errors import UserError
 from dsm5lab.models.backbone import build_backbone
 from dsm5lab.models.multitask import ModelSpec, MultiTaskModel
@@ -32,10 +31,8 @@ from dsm5lab.pool.policy import mode_for
 from dsm5lab.training.checkpoint import CheckpointManager, clear_run, load_checkpoint, peek_state
 from dsm5lab.training.encoding import Group, Windower, WindowSpec, bucket_batches, collate
 from dsm5lab.training.inference import VAL_METRICS
-from dsm5lab.training.multitask_loss import class_weights, multitask_loss
+from dsm5lab.training.multitask_loss import class_weights
 from dsm5lab.training.optim import build_optimizer
-
-log = logging.getLogger("dsm5lab.train")
 
 
 @dataclass
@@ -59,6 +56,17 @@ class TrainState:
     train_tokens: int = 0
     micro_batch: int  # the batch layout, kept on resume whatever the GPU has free then
     accumulation: int
+    micro_splits: int = 1  # each micro-batch runs as this many forward passes; doubled by an out-of-memory
+
+    @property
+    def forward_batch(self) -> int:
+        """Groups per forward pass: the micro-batch, halved by each out-of-memory."""
+        return math.ceil(self.micro_batch / self.micro_splits)
+
+    @property
+    def forward_passes(self) -> int:
+        """Forward passes per optimizer step: the accumulation, doubled by each out-of-memory."""
+        return self.accumulation * min(self.micro_splits, self.micro_batch)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -155,9 +163,17 @@ def system_info(device: torch.device, cpu_isa: str) -> dict:
         "cpu_bf16": True,
         "numerics": effective(cpu_isa),
     }
-    if device.type == "cuda":
-        info.update(gpu=torch.cuda.get_device_name(device), cuda_bf16=torch.cuda.is_bf16_supported())
-    return info
+    return info | gpu_info(device)
+
+
+def gpu_info(device: torch.device) -> dict:
+    """The GPU a CUDA run used (name, memory, compute capability, CUDA and cuDNN versions); nulls elsewhere."""
+    if device.type != "cuda":
+        return dict.fromkeys(("gpu", "gpu_memory_gb", "compute_capability", "cuda", "cudnn", "cuda_bf16"))
+    props = torch.cuda.get_device_properties(device)
+    return {"gpu": props.name, "gpu_memory_gb": round(props.total_memory / 2**30, 2),
+            "compute_capability": f"{props.major}.{props.minor}", "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(), "cuda_bf16": torch.cuda.is_bf16_supported()}
 
 
 def load_splits(prepared: Path, train_ids: list[str] | None, val_ids: list[str] | None):
@@ -263,7 +279,10 @@ def build_run(params: Params, paths: RunPaths, *, resume: bool = False, train_id
         saved = peek_state(resumed_from)
         micro, accum = saved.get("micro_batch", t.batch_size), saved.get("accumulation", t.grad_accum_steps)
     elif device.type == "cuda" and t.batch_probe.enabled:
-        micro, accum = _probe(model, train_groups, params, backbone.tokenizer.pad_token_id, weights, device)
+        from dsm5lab.training.batch_probe import cuda_memory, probe_micro_batch
+
+        micro, accum = probe_micro_batch(model, train_groups, params, backbone.tokenizer.pad_token_id, weights,
+                                         device, memory=cuda_memory)
     else:
         micro, accum = t.batch_size, t.grad_accum_steps
     state = TrainState(micro_batch=micro, accumulation=accum)
@@ -274,25 +293,3 @@ def build_run(params: Params, paths: RunPaths, *, resume: bool = False, train_id
         state = TrainState.from_dict({"micro_batch": micro, "accumulation": accum, **saved})
     return Run(params, paths, device, train_posts, val_posts, criteria, backbone.tokenizer, windower, train_groups,
                val_groups, model, weights, optimizer, scheduler, scaler, manager, state, resumed_from)
-
-
-def _probe(model, groups, params: Params, pad_id: int, weights: dict, device) -> tuple[int, int]:
-    """On CUDA: the largest micro-batch of the longest groups that fits, and the accumulation for the rest."""
-    from dsm5lab.training.batch_probe import cuda_memory, plan_accumulation, probe_batch_size
-
-    t, spec = params.train, model.spec
-    kind = spec.evidence_head if spec.has_evidence else None
-    longest = sorted(range(len(groups)), key=lambda i: -groups[i].n_tokens)
-
-    def try_step(n: int) -> None:
-        torch.cuda.reset_peak_memory_stats(device)
-        batch = to_device(collate([groups[i] for i in longest[:n]], pad_id, kind, spec.max_span_tokens), device)
-        with autocast_for(device, t.precision):
-            loss, _ = multitask_loss(model(batch), batch, model, params, weights)
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-
-    fits = probe_batch_size(try_step, t.batch_size, headroom=t.batch_probe.headroom, memory=cuda_memory)
-    micro, steps = plan_accumulation(t.batch_size, fits)  # balanced micro-batches reaching train.batch_size
-    log.info("batch probe: micro-batch %d x %d accumulation steps", micro, t.grad_accum_steps * steps)
-    return micro, t.grad_accum_steps * steps
