@@ -35,6 +35,7 @@ def test_bench_measures_our_loop_predict_and_mfu(bench):
     assert set(data) == {"setup", "train", "predict", "flops"}
     setup, ours, pred, flops = data["setup"], data["train"]["ours"], data["predict"], data["flops"]
     assert setup["epochs"] == 1 and setup["batch_size"] == 8 and setup["threads"] >= 1
+    assert setup["device"] == "cpu"  # CPU runs record gpu: null, so the device name comes from torch
     assert ours["samples_per_s"] > 0 and ours["tokens_per_s"] > ours["samples_per_s"]
     assert ours["groups"] == setup["train_groups"]  # one epoch, every group once
     assert 0 <= ours["pad_fraction"] < 1

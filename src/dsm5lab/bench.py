@@ -259,7 +259,7 @@ def run_bench(params: Params, root: Path, out_dir: Path, *, epochs: int | None =
              "accumulation": accum, "epochs": t.epochs, "train_groups": len(run.train_groups),
              "val_groups": len(run.val_groups), "max_length": m.max_length, "max_chunks": m.max_chunks,
              "precision": t.precision, "deterministic": t.deterministic,
-             "device": result.system.get("gpu", str(device)), "threads": torch.get_num_threads(),
+             "device": result.system.get("gpu") or str(device), "threads": torch.get_num_threads(),
              "torch": torch.__version__, "transformers": transformers.__version__, "seed": params.seed,
              "order": "ours, then predict, then Trainer, in one process"}
     flops = flops_report(run.model.encoder, run.train_groups, ours["tokens_per_s"], t.precision, device)
