@@ -270,6 +270,17 @@ def test_pairs_leave_less_room_and_cut_more(project):
     assert pairs["train"]["evidence_unread"] > multi["train"]["evidence_unread"]
 
 
+def test_sentence_level_counts_sentences_longer_than_one_window(project):
+    params, posts, sentences, descriptions = _load(Path("."), "train.level=sentence", "train.task=criteria")
+    w = coverage.count(params, posts, sentences, descriptions)
+    assert "posts_cut" not in w["train"] and w["train"]["sentences"] == int((sentences["split"] == "train").sum())
+    assert 0 <= w["train"]["sentences_cut"] < w["train"]["sentences"]
+    short = coverage.count(load_params(Path("params.yaml"), [*EVAL, "train.level=sentence", "train.task=criteria",
+                                                             "model.max_length=16", "model.stride=4"]),
+                            posts, sentences, descriptions)
+    assert short["train"]["sentences_cut"] > w["train"]["sentences_cut"]  # a 16-token window cuts more
+
+
 def test_a_tokenizer_missing_offline_skips_the_counts_with_the_reason(project, tmp_path):
     params, posts, sentences, descriptions = _load(Path("."), f"model.backbone={tmp_path}")
     w = coverage.count(params, posts, sentences, descriptions)
