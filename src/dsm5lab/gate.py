@@ -280,8 +280,11 @@ def _stale(preds, data: dict, keys) -> str | None:
     return None
 
 
-def paired_checks(root: Path, gate: GateFile, rev: str) -> tuple[dict[str, dict], str]:
-    """({key: paired_bootstrap result}, note): empty with the reason when the paired check cannot run."""
+def paired_checks(root: Path, gate: GateFile, rev: str, current: dict, baseline: dict) -> tuple[dict[str, dict], str]:
+    """({key: paired_bootstrap result}, note): empty with the reason when the paired check cannot run.
+
+    current / baseline: the contents of the metrics file the decisions explain (`paired.file`), here and at rev.
+    """
     from dsm5lab import paired
 
     cfg = gate.paired
@@ -295,8 +298,7 @@ def paired_checks(root: Path, gate: GateFile, rev: str) -> tuple[dict[str, dict]
     if set(new.post_ids) != set(base.post_ids):
         return {}, (f"paired check off: the baseline at '{rev}' scored other test posts ({len(base.post_ids)} vs "
                     f"{len(new.post_ids)} here; the prepared data changed), so tolerances alone decide")
-    for which, preds, data in (("workspace", new, read_metrics(root, cfg.file)),
-                               (rev, base, read_metrics(root, cfg.file, rev))):
+    for which, preds, data in (("workspace", new, current), (rev, base, baseline)):
         stale = _stale(preds, data, keys)
         if stale is not None:
             return {}, f"paired check off: {cfg.predictions} at {which} does not match {cfg.file} ({stale})"
@@ -324,12 +326,15 @@ def check(root: Path, gate_file: Path, rev: str = "HEAD", system: dict | None | 
     if system == "detect":
         system = current_system(root) if gate.calibration is not None else None
     mode, why, diffs = choose_mode(gate, system)
+    data = {file: (read_metrics(root, file), read_metrics(root, file, rev)) for file in gate.metrics}
     pairs, note = {}, ""
     if gate.paired is not None:
-        pairs, note = paired_checks(root, gate, rev) if paired else ({}, "paired check off: --no-paired")
+        here, there = data.get(gate.paired.file) or (read_metrics(root, gate.paired.file),
+                                                     read_metrics(root, gate.paired.file, rev))
+        pairs, note = paired_checks(root, gate, rev, here, there) if paired else ({}, "paired check off: --no-paired")
     found = []
     for file, keys in gate.metrics.items():
-        current_data, baseline_data = read_metrics(root, file), read_metrics(root, file, rev)
+        current_data, baseline_data = data[file]
         for key, tol in keys.items():
             current = _number(lookup(current_data, key), file, key, current_data)
             raw = lookup(baseline_data, key)
