@@ -219,8 +219,15 @@ def test_missing_or_incomplete_or_mismatched_checkpoint_is_a_user_error(tmp_path
     with pytest.raises(UserError, match=r"do not match the model: .*Missing key\(s\).*emb\.weight"):
         load_checkpoint(tmp_path / "ck", torch.nn.Linear(4, 5))
     (tmp_path / "ck" / "trainer_state.pt").unlink()
-    with pytest.raises(UserError, match=r"ck is incomplete: trainer_state\.pt is missing"):
+    # weights only (what retention tracks): the weights load, a resume is refused in one line
+    assert load_checkpoint(tmp_path / "ck", t.model, restore_rng=False)["bytes"] > 0
+    with pytest.raises(UserError, match=r"ck holds weights only \(trainer_state\.pt missing"):
         load_checkpoint(tmp_path / "ck", t.model)
+    with pytest.raises(UserError, match=r"ck holds weights only"):
+        load_checkpoint(tmp_path / "ck", t.model, optimizer=t.optimizer, restore_rng=False)
+    (tmp_path / "ck" / "model.safetensors").unlink()
+    with pytest.raises(UserError, match=r"ck is incomplete: model\.safetensors is missing"):
+        load_checkpoint(tmp_path / "ck", t.model, restore_rng=False)
 
 
 def test_refuses_non_finite_weights_and_non_plain_state(tmp_path):
@@ -283,7 +290,7 @@ def test_manager_recovers_a_checkpoint_moved_aside(tmp_path):
     (tmp_path / f".{path.name}.tmp-abc").mkdir()
     resumed = CheckpointManager(tmp_path, keep_last_n=1, keep_best_k=0)
     assert resumed.latest == path and path.is_dir()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["registry.jsonl", path.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger.jsonl", "registry.jsonl", path.name]
 
 
 # --- CheckpointManager ---------------------------------------------------------------------------

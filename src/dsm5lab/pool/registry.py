@@ -1,4 +1,8 @@
-"""One run folder's checkpoint registry: `registry.jsonl` listing exactly the `step-*` checkpoints on disk."""
+"""One run folder's checkpoint registry: `registry.jsonl` listing exactly the `step-*` checkpoints on disk.
+
+Beside it, `ledger.jsonl` gets one line per checkpoint ever saved in the run (its bytes), so the
+retention stage can say how much of what was written is still on disk.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +17,41 @@ from dsm5lab.errors import UserError
 from dsm5lab.pool.policy import is_finite_score
 
 FILES = ("model.safetensors", "config.json", "trainer_state.pt", "meta.json")
+WEIGHT_FILES = ("model.safetensors", "config.json", "meta.json")  # what evaluate and predict load
+STATE_FILE = "trainer_state.pt"  # optimizer, scheduler, scaler and RNG state: only a resume needs it
 REGISTRY = "registry.jsonl"
+LEDGER = "ledger.jsonl"
 
 
 def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _weights_bytes(path: Path) -> int:
+    return sum((path / f).stat().st_size for f in WEIGHT_FILES if (path / f).is_file())
+
+
+def written_bytes(root: Path) -> int:
+    """Bytes of every checkpoint saved in this run folder since it was last cleared (its ledger).
+
+    A torn last line (a kill mid-append) is skipped: the ledger only ever under-counts.
+    """
+    path = Path(root) / LEDGER
+    if not path.is_file():
+        return 0
+    total = 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            total += int(json.loads(line)["bytes"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return total
+
+
+def log_written(root: Path, name: str, size: int) -> None:
+    """Append one saved checkpoint to the run's ledger (an append: cheap, and a kill tears at most one line)."""
+    with open(Path(root) / LEDGER, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"path": name, "bytes": int(size)}) + "\n")
 
 
 class Registry:
@@ -61,7 +95,7 @@ class Registry:
                 raise UserError(f"checkpoint: {reg} line {n} is not a checkpoint record "
                                 "(an object with a string 'path' and an integer 'step')")
             records.append(record)
-        # A checkpoint deleted by hand is forgotten rather than reported as best.
+        # A checkpoint deleted by hand (or by another process's pool budget) is forgotten, not reported as best.
         return [r for r in records if (self.root / r["path"]).is_dir()]
 
     def _adopt_orphans(self) -> None:
@@ -69,6 +103,7 @@ class Registry:
         known = {r["path"] for r in self._records}
         for d in sorted(self.root.glob("step-*")):
             if d.name in known or not d.is_dir() or not all((d / f).is_file() for f in FILES):
+                # a stripped (weights-only) checkpoint is always registered before it is stripped
                 continue
             meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
             self._records.append(self.record_for(d, meta.get("run", self.run), meta.get("epoch"),
@@ -84,6 +119,7 @@ class Registry:
             "metric": metric,
             "path": d.name,
             "bytes": _dir_bytes(d),
+            "weights_bytes": _weights_bytes(d),  # what it takes once stripped to weights only
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
 
@@ -93,10 +129,34 @@ class Registry:
         write_text(self.root / REGISTRY, "".join(json.dumps(r) + "\n" for r in self._records))
 
     def add(self, record: dict) -> None:
-        """Register a checkpoint (replacing any record of the same folder) and rewrite the registry."""
+        """Register a new checkpoint (replacing any record of the same folder), rewrite the registry, log its bytes."""
         self._records = [r for r in self._records if r["path"] != record["path"]]
         self._records.append(record)
         self._write()
+        log_written(self.root, record["path"], record.get("bytes") or 0)
+
+    def strip(self, records: list[dict]) -> int:
+        """Delete the training state of these checkpoints, keeping what evaluate and predict load; bytes freed.
+
+        For checkpoints of finished runs only: a stripped checkpoint can no longer be resumed from.
+        The registry is rewritten after the files go, so a kill in between leaves a record whose
+        bytes are an over-count until the next strip or retention, never a record of missing weights.
+        """
+        freed, names = 0, {r["path"] for r in records}
+        for rec in self._records:
+            if rec["path"] not in names or rec.get("weights_only"):
+                continue
+            state = self.root / rec["path"] / STATE_FILE
+            try:
+                freed += state.stat().st_size
+                state.unlink()
+            except FileNotFoundError:  # another worker's budget pass got there first
+                pass
+            rec["weights_only"] = True  # meta.json stays as it is: the tracked set may hard-link it
+            rec["bytes"] = _dir_bytes(self.root / rec["path"])
+            rec["weights_bytes"] = _weights_bytes(self.root / rec["path"])
+        self._write()
+        return freed
 
     def remove(self, records: list[dict]) -> None:
         """Forget, then delete, these checkpoints of this folder.
@@ -115,7 +175,10 @@ class Registry:
             if not target.exists():
                 continue
             trash = self.root / f".{name}.tmp-gc-{os.getpid()}"
-            os.replace(target, trash)
+            try:
+                os.replace(target, trash)
+            except FileNotFoundError:  # another worker's budget pass removed it between the check and here
+                continue
             shutil.rmtree(trash, ignore_errors=True)
 
     @property

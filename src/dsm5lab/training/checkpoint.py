@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import time
@@ -15,7 +16,7 @@ import torch
 from dsm5lab.atomic import staged_dir, write_json
 from dsm5lab.errors import UserError
 from dsm5lab.pool.policy import is_finite_score, plan_retention
-from dsm5lab.pool.registry import FILES, REGISTRY, Registry
+from dsm5lab.pool.registry import LEDGER, REGISTRY, STATE_FILE, WEIGHT_FILES, Registry
 
 FORMAT_VERSION = 1
 
@@ -126,11 +127,15 @@ def load_checkpoint(path: Path, model: torch.nn.Module, *, optimizer=None, sched
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"checkpoint: {path} does not exist or is not a directory")
-    for name in FILES:
+    for name in WEIGHT_FILES:
         if not (path / name).is_file():
             raise UserError(
-                f"checkpoint: {path} is incomplete: {name} is missing (expected {', '.join(FILES)})"
+                f"checkpoint: {path} is incomplete: {name} is missing (expected {', '.join(WEIGHT_FILES)})"
             )
+    wants_state = restore_rng or any(obj is not None for obj in (optimizer, scheduler, scaler))
+    if wants_state and not (path / STATE_FILE).is_file():
+        raise UserError(f"checkpoint: {path} holds weights only ({STATE_FILE} missing: a finished run's checkpoint "
+                        "is stripped of its optimizer state by retention), so it cannot be resumed from")
     try:
         load_model(model, path / "model.safetensors", strict=True, device=str(map_location))
     except RuntimeError as exc:
@@ -138,7 +143,9 @@ def load_checkpoint(path: Path, model: torch.nn.Module, *, optimizer=None, sched
         detail = "; ".join(lines)  # one line: the missing/unexpected keys and shape mismatches
         detail = detail if len(detail) <= 400 else detail[:400] + " ..."
         raise UserError(f"checkpoint: weights in {path} do not match the model: {detail}") from exc
-    saved = torch.load(path / "trainer_state.pt", map_location=map_location, weights_only=True)
+    if not (path / STATE_FILE).is_file():  # weights only, and only the weights were asked for
+        return json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    saved = torch.load(path / STATE_FILE, map_location=map_location, weights_only=True)
     for label, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
         if obj is None:
             continue
@@ -162,6 +169,7 @@ def clear_run(root: Path) -> None:
         if p.is_dir() and (p.name.startswith("step-") or ".tmp-" in p.name):
             shutil.rmtree(p)
     (root / REGISTRY).unlink(missing_ok=True)
+    (root / LEDGER).unlink(missing_ok=True)  # a fresh run counts only its own bytes written
 
 
 def check_free_space(directory: Path, min_free_gb: float) -> None:
@@ -182,6 +190,14 @@ def check_free_space(directory: Path, min_free_gb: float) -> None:
         )
 
 
+def estimate_checkpoint_bytes(model: torch.nn.Module, with_optimizer: bool = True) -> int:
+    """What one checkpoint of `model` will take before it is written: its weights, plus AdamW's two
+    moments per trainable parameter (same dtype) when the optimizer state is saved with it."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    moments = sum(2 * p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return weights + (moments if with_optimizer else 0)
+
+
 class CheckpointManager:
     """A folder of `step-XXXXXXXX` checkpoints and registry.jsonl, pruned to best K + last N per run on save.
 
@@ -195,6 +211,24 @@ class CheckpointManager:
         self.keep_last_n, self.keep_best_k, self.mode = keep_last_n, keep_best_k, mode
         self.min_free_gb, self.run = min_free_gb, run
         self.registry = Registry(self.root, run=run)
+
+    def check_room(self, expected_bytes: int) -> None:
+        """Refuse to start a run whose first checkpoint (about expected_bytes) would not fit on the disk.
+
+        Free space below expected_bytes plus train.checkpoint.min_free_gb is a UserError, before any
+        epoch runs, rather than an ENOSPC traceback at the end of the first one.
+        """
+        probe = self.root.absolute()
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        free = shutil.disk_usage(probe).free
+        need = expected_bytes + self.min_free_gb * 1e9
+        if free < need:
+            raise UserError(
+                f"checkpoint: {free / 1e9:.2f} GB free at {self.root}, but one checkpoint of this model takes "
+                f"about {expected_bytes / 1e9:.2f} GB (+ train.checkpoint.min_free_gb={self.min_free_gb:g}); "
+                "free disk space or point train.checkpoint.dir at a larger disk"
+            )
 
     def save(self, model: torch.nn.Module, *, step: int, epoch: int, score: float | None, metric: str,
              optimizer=None, scheduler=None, scaler=None, state: dict, config: dict) -> Path:

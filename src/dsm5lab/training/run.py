@@ -28,7 +28,8 @@ from dsm5lab.errors import UserError
 from dsm5lab.models.backbone import build_backbone
 from dsm5lab.models.multitask import ModelSpec, MultiTaskModel
 from dsm5lab.pool.policy import mode_for
-from dsm5lab.training.checkpoint import CheckpointManager, clear_run, load_checkpoint, peek_state
+from dsm5lab.training.checkpoint import (CheckpointManager, clear_run, estimate_checkpoint_bytes, load_checkpoint,
+                                         peek_state)
 from dsm5lab.training.encoding import Group, Windower, WindowSpec, bucket_batches, collate
 from dsm5lab.training.inference import VAL_METRICS
 from dsm5lab.training.multitask_loss import class_weights
@@ -288,6 +289,7 @@ def build_run(params: Params, paths: RunPaths, *, resume: bool = False, train_id
     state = TrainState(micro_batch=micro, accumulation=accum)
     optimizer, scheduler = build_optimizer(model, t, steps_per_epoch(len(train_groups), state) * t.epochs)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and t.precision == "fp16")
+    manager.check_room(estimate_checkpoint_bytes(model))  # before the first epoch, not at its end
     if resumed_from is not None:
         saved = load_checkpoint(resumed_from, model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
         state = TrainState.from_dict({"micro_batch": micro, "accumulation": accum, **saved})
