@@ -26,7 +26,7 @@ from dsm5lab.config import apply_overrides, validate
 from dsm5lab.errors import UserError
 from dsm5lab import retention as stage
 from dsm5lab.pool.policy import decide_retention
-from dsm5lab.pool.registry import FILES, REGISTRY, Registry
+from dsm5lab.pool.registry import FILES, REGISTRY, STATE_FILE, WEIGHT_FILES, Registry
 from dsm5lab.training.checkpoint import CheckpointManager, load_checkpoint
 
 STUDY = "dsm5lab-0123abcd"
@@ -95,18 +95,24 @@ def tracked(root: Path) -> list[tuple[str, int]]:
 
 def test_keeps_the_best_k_across_runs_tracks_them_and_reports_the_reduction(tmp_path):
     root = project(tmp_path, keep_best_k=3, keep_last_n=0)
-    before = sum(f.stat().st_size for f in (root / "checkpoints").rglob("step-*/*"))
+    saved = sum(f.stat().st_size for f in (root / "checkpoints").rglob("step-*/*"))
+    before = saved + sum(f.stat().st_size for f in (root / "checkpoints").rglob("assets/*"))
     manifest = stage.run(params_of(root), root)
 
     best3 = [(f"hpo/{STUDY}/trial-0000", 20), ("train", 20), (f"hpo/{STUDY}/trial-0001", 10)]
     assert tracked(root) == best3
     assert on_disk(root) == {(run, f"step-{step:08d}") for run, step in best3}
-    for run, step in best3:  # a whole, loadable checkpoint with its run's assets beside it
+    for run, step in best3:  # loadable weights with the run's assets beside them, no optimizer state
         out = root / layout.RETAINED / run / f"step-{step:08d}"
-        assert all((out / f).is_file() for f in FILES)
+        assert all((out / f).is_file() for f in WEIGHT_FILES) and not (out / STATE_FILE).exists()
         assert (out.parent / "assets" / "config.json").is_file()
         state = load_checkpoint(out, tiny_model(), restore_rng=False)
         assert state["step"] == step
+        with pytest.raises(UserError, match="holds weights only"):  # not a resume point
+            load_checkpoint(out, tiny_model())
+        pooled = root / "checkpoints" / run / f"step-{step:08d}"  # the pool's copy: stripped, and the same bytes
+        assert not (pooled / STATE_FILE).exists()
+        assert (pooled / "model.safetensors").stat().st_ino == (out / "model.safetensors").stat().st_ino
     # registries list exactly what is left
     for run in POOL:
         left = [json.loads(line)["path"] for line in (root / "checkpoints" / run / REGISTRY).read_text().splitlines()]
@@ -116,9 +122,14 @@ def test_keeps_the_best_k_across_runs_tracks_them_and_reports_the_reduction(tmp_
     assert len(manifest["deleted"]) == 4 and {e["reasons"][0] for e in manifest["deleted"]} == {"policy"}
     metrics = json.loads((root / layout.RETENTION_METRICS).read_text())
     assert metrics["bytes"]["before"] == before
-    assert metrics["bytes"]["after"] == sum(f.stat().st_size for f in (root / "checkpoints").rglob("step-*/*"))
-    expected = round(100 * (before - metrics["bytes"]["after"]) / before, 2)
-    assert metrics["reduction_pct"] == expected and 40 < expected < 60  # 4 of 7 equal-sized checkpoints
+    files = [*(root / "checkpoints").rglob("step-*/*"), *(root / "checkpoints").rglob("assets/*"),
+             *(f for f in (root / layout.RETAINED).rglob("*") if f.is_file())]
+    after = sum({(f.stat().st_dev, f.stat().st_ino): f.stat().st_size for f in files}.values())
+    assert metrics["bytes"]["after"] == after  # each file once: the tracked set shares the pool's
+    assert metrics["bytes"]["written"] == saved  # nothing was pruned while these runs trained
+    expected = round(100 * (before - after) / before, 2)
+    assert metrics["reduction_pct"] == expected and 60 < expected  # 4 of 7 deleted, the 3 kept stripped
+    assert metrics["freed_pct"] == round(100 * (saved - after) / saved, 2)
     assert metrics["checkpoints"] == {"before": 7, "kept": 3, "best_k": 3, "deleted": 4}
     assert metrics["best_score"] == 0.8
     assert json.loads((root / layout.RETENTION_MANIFEST).read_text()) == manifest
@@ -154,8 +165,8 @@ def test_keep_last_n_keeps_each_runs_latest_and_tracks_it_after_the_best(tmp_pat
 
 def test_size_budget_drops_the_lowest_ranked_first_and_never_the_best(tmp_path):
     root = project(tmp_path, keep_best_k=3, keep_last_n=0)
-    one = CheckpointManager(root / "checkpoints/train", keep_last_n=9, keep_best_k=1).records[0]["bytes"]
-    # room for two checkpoints: the third best goes
+    # the budget is on the tracked set, which holds weights only: room for two of them, the third best goes
+    one = CheckpointManager(root / "checkpoints/train", keep_last_n=9, keep_best_k=1).records[0]["weights_bytes"]
     root.joinpath("params.yaml").write_text(root.joinpath("params.yaml").read_text().replace(
         "max_total_gb: null", f"max_total_gb: {2.5 * one / 1e9}"))
     manifest = stage.run(params_of(root), root)
@@ -190,7 +201,9 @@ def test_dry_run_param_deletes_nothing_but_reports_and_tracks(tmp_path, cli, mon
     assert on_disk(root) == everything
     manifest = json.loads((root / layout.RETENTION_MANIFEST).read_text())
     assert manifest["policy"]["dry_run"] is True and len(manifest["would_delete"]) == 5
-    assert manifest["would_free_bytes"] > 0 and manifest["bytes"]["after"] == manifest["bytes"]["before"]
+    b = manifest["bytes"]  # the pool as it was; the tracked set written, sharing the pool's files
+    assert manifest["would_free_bytes"] > 0 and b["after"]["pool"] == b["before"]["pool"]
+    assert b["after"]["total"] - b["before"]["total"] == (root / layout.RETAINED / stage.INDEX).stat().st_size
     assert tracked(root) == [(f"hpo/{STUDY}/trial-0000", 20), ("train", 20)]
     result = cli("retention")  # the real run deletes exactly what the dry run listed
     deleted = json.loads((root / layout.RETENTION_MANIFEST).read_text())["deleted"]
@@ -472,3 +485,55 @@ def test_the_stage_never_deletes_the_top_checkpoint(tmp_path_factory, runs, k, n
     assert tracked(root)[0] == (run, step)
     assert len(tracked(root)) <= k + n * len(runs)
     assert {(e["run"], f"step-{e['step']:08d}") for e in manifest["kept"]} <= on_disk(root)
+
+
+def _md5(path: Path) -> str:
+    import hashlib
+
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("cache_type, linked", [(None, False), ("reflink,copy", False), ("hardlink,copy", True),
+                                                ("reflink,symlink", True)])
+def test_bytes_count_the_dvc_cache_of_the_tracked_set(tmp_path, cache_type, linked):
+    """What DVC will copy in on commit is counted (unless its cache links), what it holds is counted once,
+    and objects of the previous tracked set (dvc.lock) count in before and after alike, until `dvc gc`."""
+    root = project(tmp_path, keep_best_k=2, keep_last_n=0)
+    (root / ".dvc").mkdir()
+    (root / ".dvc/config").write_text("[core]\n    autostage = false\n" +
+                                      (f"[cache]\n    type = {cache_type}\n" if cache_type else ""))
+    # a previous tracked set, as dvc.lock and the cache remember it: one object of 5000 bytes
+    old = b"x" * 5000
+    obj = root / ".dvc/cache/files/md5" / "ab" / ("c" * 30)
+    obj.parent.mkdir(parents=True)
+    obj.write_bytes(old)
+    listing = root / ".dvc/cache/files/md5/de" / (("f" * 30) + ".dir")
+    listing.parent.mkdir(parents=True)
+    listing.write_text(json.dumps([{"md5": "ab" + "c" * 30, "relpath": "x/model.safetensors"}]))
+    (root / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"retention": {"outs": [
+        {"path": "stages/retention", "md5": "de" + "f" * 30 + ".dir"}]}}}))
+    previous = 5000 + listing.stat().st_size
+    # one model.safetensors of the new set is already in the cache (as a separate copy: counted once more)
+    src = root / "checkpoints/train/step-00000020/model.safetensors"
+    md5 = _md5(src)
+    (root / ".dvc/cache/files/md5" / md5[:2]).mkdir(parents=True, exist_ok=True)
+    shutil.copy(src, root / ".dvc/cache/files/md5" / md5[:2] / md5[2:])
+
+    m = stage.run(params_of(root), root)
+    b = m["bytes"]
+    assert b["cache"]["links"] is linked and b["cache"]["previous_objects"] == 2
+    assert b["before"]["dvc_cache"] == previous  # the new set is not there yet
+    tracked = [f for f in (root / layout.RETAINED).rglob("*") if f.is_file()]
+    unique = {}
+    for f in tracked:
+        unique.setdefault(_md5(f), f.stat().st_size)
+    present = src.stat().st_size
+    pending = 0 if linked else sum(unique.values()) - present
+    assert b["after"]["dvc_cache_pending"] == pending
+    assert b["after"]["dvc_cache"] == previous + present + pending
+    inodes = {}
+    for f in [*(root / "checkpoints").rglob("step-*/*"), *(root / "checkpoints").rglob("assets/*"), *tracked]:
+        inodes[(f.stat().st_dev, f.stat().st_ino)] = f.stat().st_size
+    assert b["after"]["total"] == sum(inodes.values()) + previous + present + pending
+    metrics = json.loads((root / layout.RETENTION_METRICS).read_text())
+    assert metrics["bytes"]["after"] == b["after"]["total"] and metrics["bytes"]["before"] == b["before"]["total"]

@@ -98,8 +98,10 @@ def _cli_commands() -> dict[tuple[str, ...], list[str]]:
     commands = {}
     for fn in funcs.values():
         for dec in fn.decorator_list:
-            if isinstance(dec, ast.Call) and getattr(dec.func, "attr", "") == "command":
-                word = dec.args[0].value if dec.args else fn.name.replace("_", "-")  # Typer's own naming
+            kind = getattr(dec.func, "attr", "") if isinstance(dec, ast.Call) else ""
+            if kind in ("command", "callback"):  # a group's callback runs as the group's own command
+                word = () if kind == "callback" else (
+                    dec.args[0].value if dec.args else fn.name.replace("_", "-"),)  # Typer's own naming
                 # the command plus the cli helpers it calls or is wrapped by (_load, user_errors)
                 seen, todo = [], [fn.name]
                 while todo:
@@ -107,7 +109,7 @@ def _cli_commands() -> dict[tuple[str, ...], list[str]]:
                     todo += [n.id for n in ast.walk(funcs[name]) if isinstance(n, ast.Name)
                              and n.id in funcs and n.id not in seen + todo]
                 mods = [m for node in [funcs[f] for f in seen] + top for m in _imports(node, f"{PKG}.cli")]
-                commands[groups[dec.func.value.id] + (word,)] = list(dict.fromkeys(mods))
+                commands[groups[dec.func.value.id] + word] = list(dict.fromkeys(mods))
     return commands
 
 

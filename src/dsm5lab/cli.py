@@ -348,15 +348,23 @@ def tracking_replay(
     typer.echo(f"replayed {replay(buffer, uri)} records from {buffer}")
 
 
-@app.command()
+retention_app = typer.Typer(help="Keep the best-K checkpoints (weights only) in stages/retention, delete the rest; "
+                            "`simulate` a study's pool.", invoke_without_command=True)
+app.add_typer(retention_app, name="retention")
+
+
+@retention_app.callback()
 @user_errors
 def retention(
+    ctx: typer.Context,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="print the plan; write and delete nothing (retention.dry_run: true still writes the reports).")] = False,
 ) -> None:
     """Keep the best-K checkpoints of train and HPO trials (copied into stages/retention), delete the rest."""
+    if ctx.invoked_subcommand is not None:
+        return
     from dsm5lab import retention as stage
 
     cfg = _load(params, set_)
@@ -374,9 +382,58 @@ def retention(
         for e in gone:
             score = "-" if e["score"] is None else f"{e['score']:.4f}"
             typer.echo(f"would delete {e['run']}/step-{e['step']:08d} (score {score}, {e['reasons'][0]})")
-    typer.echo(f"retention: kept {len(m['kept'])}, {'would delete' if dry else 'deleted'} {len(gone)} checkpoint(s); "
-               f"pool {b['before'] / 1e6:.1f} MB -> {b['after'] / 1e6:.1f} MB ({m['reduction_pct']:.1f}% less)"
-               + (f"; dry run: would free {m['would_free_bytes'] / 1e6:.1f} MB" if dry else ""))
+    line = (f"retention: kept {len(m['kept'])}, {'would delete' if dry else 'deleted'} {len(gone)} checkpoint(s); "
+            f"checkpoints on disk {b['before']['total'] / 1e6:.1f} MB")
+    if b["after"] is not None:
+        line += (f" -> {b['after']['total'] / 1e6:.1f} MB ({m['reduction_pct']:.1f}% less; pool "
+                 f"{b['after']['pool'] / 1e6:.1f}, tracked {b['after']['tracked'] / 1e6:.1f}, DVC cache "
+                 f"{b['after']['dvc_cache'] / 1e6:.1f}); {m['freed_pct']:.1f}% of the {b['written'] / 1e6:.1f} MB "
+                 "the runs wrote is freed")
+    typer.echo(line + (f"; dry run: would free {m['would_free_bytes'] / 1e6:.1f} MB" if dry else ""))
+
+
+@retention_app.command("simulate")
+@user_errors
+def retention_simulate(
+    model: Annotated[str, typer.Option("--model", help="parameter count of: bert-base, roberta-base, deberta-v3-base, "
+                                       "bert-large, minilm.")] = "bert-base",
+    trials: Annotated[int, typer.Option("--trials", min=1)] = 100,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="epochs per trial (one checkpoint each).")] = 4,
+    workers: Annotated[str, typer.Option("--workers", help="comma-separated worker counts to compare.")] = "1,4",
+    prune_share: Annotated[float, typer.Option("--prune-share", min=0.0, max=1.0)] = 0.5,
+    keep_best_k: Annotated[int, typer.Option("--keep-best-k", min=1)] = 3,
+    budget_gb: Annotated[float, typer.Option("--budget-gb", min=0.0)] = 1.0,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    out: Annotated[Path | None, typer.Option("--out", help="also write the table as JSON here.")] = None,
+) -> None:
+    """Peak disk of a study's checkpoint pool without training: unbounded, bounded, bounded + budget."""
+    from dsm5lab import atomic
+    from dsm5lab.errors import UserError
+    from dsm5lab.pool.simulate import BASE_PARAMS, Setup, table
+
+    if model not in BASE_PARAMS:
+        raise UserError(f"--model: {model!r} is not one of {', '.join(BASE_PARAMS)}")
+    try:
+        counts = [int(w) for w in workers.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise UserError(f"--workers: {workers!r} is not a comma-separated list of counts >= 1 (e.g. 1,4)")
+    rows, results = [], []
+    for w in counts:
+        setup = Setup(params=BASE_PARAMS[model], trials=trials, epochs=epochs, workers=w, prune_share=prune_share,
+                      keep_best_k=keep_best_k, budget_gb=budget_gb, seed=seed)
+        for r in table(setup):
+            results.append({"workers": w, **r})
+            rows.append((str(w), r["policy"] + (f" ({budget_gb:g} GB)" if r["budget_gb"] is not None else ""),
+                         f"{r['peak_bytes'] / 1e9:.1f}", f"{r['end_bytes'] / 1e9:.1f}", str(r["end_checkpoints"]),
+                         f"{r['written_bytes'] / 1e9:.1f}"))
+    _print_table(f"retention simulate: {model} ({BASE_PARAMS[model] / 1e6:.0f}M parameters), {trials} trials x up to "
+                 f"{epochs} epochs, {prune_share:.0%} pruned early, best {keep_best_k}",
+                 ("workers", "policy", "peak GB", "end GB", "end ckpts", "written GB"), rows)
+    if out is not None:
+        atomic.write_json(out, {"model": model, "parameters": BASE_PARAMS[model], "trials": trials, "epochs": epochs,
+                                "prune_share": prune_share, "keep_best_k": keep_best_k, "seed": seed, "rows": results})
 
 
 gate_app = typer.Typer(help="The CI regression gate: metrics against a committed baseline; `calibrate` its tolerances.",

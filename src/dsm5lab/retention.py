@@ -7,16 +7,27 @@ retention inside a run also uses (`pool.policy.decide_retention`): best K overal
 per run, a size budget that never removes the best. It imports no torch: it only reads and moves files.
 
 Order of work, so that a kill at any point loses nothing:
-1. the kept best-K set is copied into a temp folder, checked file by file, and renamed into place
-   as the stage's out (`stages/retention`, DVC-tracked);
-2. only then are the other checkpoints deleted, run by run, registry first (`Registry.remove`);
+1. the kept best-K set is copied into a temp folder as weights only (model.safetensors, config.json,
+   meta.json and the run's assets: what evaluate and predict load; no optimizer state), checked file
+   by file, and renamed into place as the stage's out (`stages/retention`, DVC-tracked). Files are
+   hard links to the pool's where the file system allows, so the two places share their bytes;
+2. only then are the other checkpoints deleted, run by run, registry first (`Registry.remove`), and
+   the pool's copies of the kept ones stripped of their training state, except those kept as a
+   run's last N (resume points);
 3. the manifest and metrics are written last, atomically.
 A re-run after a kill redoes the plan on what is left; a second run deletes nothing.
+
+Bytes are counted on disk in every place a checkpoint lives: the pool's in-scope runs, the tracked
+set and the DVC cache objects of the tracked set (`accounting`), each file once however many hard
+links it has. The runs' ledgers say what was written in all, so `freed_pct` covers in-run pruning
+and the HPO study's bounded pool too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from functools import cached_property
@@ -28,7 +39,7 @@ from dsm5lab.config import Params
 from dsm5lab.errors import UserError
 from dsm5lab.progress import progress
 from dsm5lab.pool.policy import Decision, decide_retention, mode_for
-from dsm5lab.pool.registry import FILES, REGISTRY, Registry
+from dsm5lab.pool.registry import REGISTRY, WEIGHT_FILES, Registry, written_bytes
 
 INDEX = "index.json"  # inside layout.RETAINED: the tracked checkpoints, best first, then last-N-only ones
 ASSETS = "assets"  # a run's tokenizer/config folder: a checkpoint loads with its run's assets beside it
@@ -111,18 +122,30 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link (no new bytes: checkpoint files are only ever replaced, never edited), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def _copytree(src: Path, dst: Path) -> None:
     try:
-        shutil.copytree(src, dst)
+        shutil.copytree(src, dst, copy_function=_link_or_copy)
     except OSError as exc:
         raise UserError(f"retention: copying {src} failed ({exc.strerror or exc}); nothing was deleted") from None
 
 
 def _copy_checkpoint(src: Path, dst: Path) -> None:
-    """Copy one checkpoint folder and check every file arrived whole (size for size)."""
-    _copytree(src, dst)
-    for name in FILES:
+    """Copy one checkpoint's weights-only files and check every file arrived whole (size for size)."""
+    dst.mkdir(parents=True)
+    for name in WEIGHT_FILES:
         a, b = src / name, dst / name
+        try:
+            _link_or_copy(a, b)
+        except OSError as exc:
+            raise UserError(f"retention: copying {a} failed ({exc.strerror or exc}); nothing was deleted") from None
         if not b.is_file() or a.stat().st_size != b.stat().st_size:
             raise UserError(f"retention: copying {src} to {dst} left {name} incomplete; nothing was deleted")
 
@@ -138,6 +161,115 @@ def write_tracked(out: Path, pool: Path, tracked: list[Decision], index: list[di
             if assets.is_dir() and not (dst.parent / ASSETS).exists():
                 _copytree(assets, dst.parent / ASSETS)
         atomic.write_json(tmp / INDEX, index)
+
+
+def _files(*dirs: Path):
+    for d in dirs:
+        if d.is_dir():
+            yield from (f for f in d.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def _inodes(files) -> dict[tuple[int, int], int]:
+    """Each file once, however many hard links point at it: (device, inode) -> size."""
+    out = {}
+    for f in files:
+        st = f.stat()
+        out[(st.st_dev, st.st_ino)] = st.st_size
+    return out
+
+
+def _dvc_config(root: Path) -> dict[str, str]:
+    """The [cache] section of .dvc/config and .dvc/config.local (local wins), read without importing DVC."""
+    out: dict[str, str] = {}
+    for name in ("config", "config.local"):
+        path = root / ".dvc" / name
+        section = None
+        for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+            line = line.strip()
+            if line.startswith("["):
+                section = line.strip("[]").strip().strip("'\"")
+            elif section == "cache" and "=" in line:
+                key, value = (x.strip() for x in line.split("=", 1))
+                out[key] = value
+    return out
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Cache:
+    """The DVC cache of the project, as far as the tracked set is concerned (None-like when not a DVC repo)."""
+
+    def __init__(self, root: Path):
+        cfg = _dvc_config(root)
+        self.on = (root / ".dvc").is_dir()
+        folder = Path(cfg.get("dir", "cache"))
+        self.dir = folder if folder.is_absolute() else root / ".dvc" / folder
+        # DVC tries cache.type's link types in order. A new object that it hard- or symlinks costs no bytes;
+        # a copy does, and so is a reflink counted here (its shared blocks are invisible to stat)
+        types = [t.strip() for t in cfg.get("type", "reflink,copy").split(",") if t.strip() != "reflink"]
+        self.links = bool(types) and types[0] in ("hardlink", "symlink")
+
+    def object(self, md5: str) -> Path:
+        return self.dir / "files" / "md5" / md5[:2] / md5[2:]
+
+    def previous(self, root: Path) -> list[Path]:
+        """The cache objects of the tracked set as dvc.lock last recorded it (they stay until `dvc gc`)."""
+        import yaml
+
+        try:
+            lock = yaml.safe_load((root / "dvc.lock").read_text(encoding="utf-8")) or {}
+            outs = lock["stages"]["retention"]["outs"]
+            md5 = next(o["md5"] for o in outs if o["path"] == layout.RETAINED.as_posix())
+            listing = json.loads(self.object(md5).read_text(encoding="utf-8"))
+            return [self.object(e["md5"]) for e in listing] + [self.object(md5)]
+        except (OSError, ValueError, KeyError, TypeError, StopIteration, AttributeError, yaml.YAMLError):
+            return []
+
+    def for_files(self, files) -> tuple[list[Path], int]:
+        """(objects already in the cache, bytes DVC will add on commit) for these workspace files."""
+        present, pending, seen = [], 0, set()
+        for f in files:
+            md5 = _md5(f)
+            if md5 in seen:
+                continue
+            seen.add(md5)
+            obj = self.object(md5)
+            if obj.is_file():
+                present.append(obj)
+            elif not self.links:
+                pending += f.stat().st_size
+        return present, pending
+
+
+def accounting(root: Path, pool: Path, runs: list[str], cache: Cache, previous: list[Path],
+               new_tracked: bool) -> dict[str, int]:
+    """Checkpoint bytes on disk now, per place and in total (each file once).
+
+    pool: the step-* folders and assets of the in-scope runs; tracked: stages/retention;
+    dvc_cache: the objects of the previous tracked set still in the cache, plus, with new_tracked, those
+    of the tracked set now in place (present, or pending: what DVC copies in when it commits the out).
+    """
+    pool_files = list(_files(*[d for n in runs for d in (pool / n).glob("step-*")], *[pool / n / ASSETS for n in runs]))
+    tracked_files = list(_files(root / layout.RETAINED))
+    objects = [o for o in previous if o.is_file()]
+    pending = 0
+    if new_tracked and cache.on:
+        present, pending = cache.for_files(tracked_files)
+        objects += present
+    places = {"pool": _inodes(pool_files), "tracked": _inodes(tracked_files), "dvc_cache": _inodes(objects)}
+    every: dict[tuple[int, int], int] = {}
+    for inodes in places.values():
+        every |= inodes
+    out = {name: sum(v.values()) for name, v in places.items()}
+    out["dvc_cache"] += pending
+    out |= {"dvc_cache_pending": pending, "total": sum(every.values()) + pending}
+    return out
 
 
 def _entry(d: Decision) -> dict[str, Any]:
@@ -193,7 +325,14 @@ def run(params: Params, root: Path = Path("."), dry_run: bool | None = None, wri
         raise UserError(f"retention: no checkpoints in {pool} scored on {metric} for {looked}{why}; the pool "
                         "is scratch space that `dvc checkout` does not restore: re-create it with "
                         "`dvc repro -f train` (or set retention.scope: all)")
+    cache = Cache(root)
+    previous = cache.previous(root) if cache.on else []
+    scoped = [r.name for r in runs]
+    before_bytes = accounting(root, pool, scoped, cache, previous, new_tracked=False)
     max_bytes = None if rp.max_total_gb is None else int(rp.max_total_gb * 1e9)
+    # ranked and budgeted by what the tracked set holds of each: its weights (a resume point keeps its state in the pool)
+    records = [{**r, "pool_bytes": int(r.get("bytes") or 0), "bytes": int(r.get("weights_bytes") or r.get("bytes") or 0)}
+               for r in records]
     decisions = decide_retention(records, rp.keep_best_k, rp.keep_last_n, mode, max_bytes=max_bytes)
     if all(d.rank is None for d in decisions):
         raise UserError(f"retention: none of the {len(records)} checkpoints in scope has a finite {metric} on the "
@@ -211,10 +350,21 @@ def run(params: Params, root: Path = Path("."), dry_run: bool | None = None, wri
             by_run.setdefault(d.record["run"], []).append(d.record)
         for r in progress([r for r in runs if r.name in by_run], desc="retention: delete"):
             r.registry.remove(by_run[r.name])
-    before = _bytes(records) + _bytes(other_metric)
-    freed = _bytes(d.record for d in dropped)
-    after = before - (0 if dry else freed)
+        # the pool's copies of the tracked ones: weights only, unless kept as a resume point (last N)
+        strip: dict[str, list[dict]] = {}
+        for d in kept:
+            if "last_n" not in d.reasons:
+                strip.setdefault(d.record["run"], []).append(d.record)
+        for r in runs:
+            if r.name in strip:
+                r.registry.strip(strip[r.name])
+    freed = sum(d.record["pool_bytes"] for d in dropped)
+    after_bytes = accounting(root, pool, scoped, cache, previous, new_tracked=write) if write else None
+    before = before_bytes["total"]
+    after = after_bytes["total"] if after_bytes is not None else before - (0 if dry else freed)
+    written = sum(written_bytes(pool / n) for n in scoped)
     reduction = round(100.0 * (before - after) / before, 2) if before else 0.0
+    freed_pct = round(100.0 * (written - after) / written, 2) if written else 0.0
     manifest = {
         "policy": {**rp.model_dump(), "dry_run": dry, "metric": metric, "mode": mode},
         "pool": params.train.checkpoint.dir,
@@ -226,9 +376,12 @@ def run(params: Params, root: Path = Path("."), dry_run: bool | None = None, wri
         "skipped": skipped,
         "out_of_scope": [{"run": n, "checkpoints": len(steps), "bytes": sum(_size(d) for d in steps)}
                          for n in others for steps in [[d for d in (pool / n).glob("step-*") if d.is_dir()]]],
-        "bytes": {"before": before, "after": after,
-                  "tracked": _size(root / layout.RETAINED) if write else _bytes(d.record for d in kept)},
+        # on disk, each file once: "before" as the stage found it, "after" once DVC has committed the out
+        "bytes": {"before": before_bytes, "after": after_bytes, "written": written,
+                  "cache": {"dir": str(cache.dir) if cache.on else None, "links": cache.links,
+                            "previous_objects": len(previous)}},
         "reduction_pct": reduction,
+        "freed_pct": freed_pct,
     }
     if dry:
         manifest["would_free_bytes"] = freed
@@ -238,8 +391,11 @@ def run(params: Params, root: Path = Path("."), dry_run: bool | None = None, wri
         "checkpoints": {"before": len(records) + len(other_metric), "kept": len(kept),
                         "best_k": sum(not {"best", "best_k"}.isdisjoint(d.reasons) for d in kept),
                         "deleted": 0 if dry else len(dropped)},
-        "bytes": manifest["bytes"],
+        # bytes on disk in the pool's in-scope runs, the tracked set and its DVC cache objects (each file once);
+        # written = every checkpoint the in-scope runs saved; freed_pct = the share of that no longer on disk
+        "bytes": {"before": before, "after": after, "written": written},
         "reduction_pct": reduction,
+        "freed_pct": freed_pct,
         "best_score": round(float(kept[0].record["score"]), 6),
         "dry_run": dry,
     }

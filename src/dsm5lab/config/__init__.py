@@ -200,6 +200,7 @@ class RetentionConfig(Strict):
     keep_best_k: int = Field(ge=1, le=1000)
     keep_last_n: int = Field(ge=0, le=1000)
     max_total_gb: float | None = Field(gt=0.0, allow_inf_nan=False)
+    max_pool_gb: float | None = Field(gt=0.0, allow_inf_nan=False)  # the HPO study's pool while it runs
     scope: Literal["current", "all"]
     dry_run: bool
 

@@ -133,6 +133,29 @@ def storage_url(params: Params, root: Path) -> str:
     return url
 
 
+def bound_pool(study, ctx: StudyContext, echo: Echo = _quiet) -> dict:
+    """Shrink the study's checkpoint folder to what can still enter the best K (pool.study), within
+    retention.max_pool_gb; say so when the budget cannot be met without the best or a running trial."""
+    from dsm5lab.pool.policy import mode_for
+    from dsm5lab.pool.study import enforce
+
+    p, over = ctx.params, ctx.params.hpo.trial_overrides
+    pool = over.get("train.checkpoint.dir", p.train.checkpoint.dir)
+    metric = over.get("train.early_stopping.metric", p.train.early_stopping.metric)
+    finished = {Path(layout.trial_run(ctx.study_name, t.number)).name
+                for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    budget = p.retention.max_pool_gb
+    done = enforce(ctx.root / pool / layout.HPO_POOL_DIR / ctx.study_name, finished, p.retention.keep_best_k,
+                   mode_for(metric), metric=metric, max_bytes=None if budget is None else int(budget * 1e9))
+    if done["deleted"] or done["stripped_bytes"]:
+        echo(f"hpo: pool {done['before'] / 1e6:.1f} MB -> {done['after'] / 1e6:.1f} MB ({done['deleted']} "
+             f"checkpoint(s) deleted, {done['kept']} best(s) kept as weights only)")
+    if done["over_budget"]:
+        echo(f"hpo: warning: the study's pool is {done['over_budget'] / 1e6:.1f} MB over retention.max_pool_gb="
+             f"{budget:g}, held by the study's best and running trials")
+    return done
+
+
 def optimize(study, ctx: StudyContext, echo: Echo = _quiet) -> None:
     """Run trials in this process until the study has hpo.n_trials finished ones (or the timeout)."""
     import optuna
@@ -140,6 +163,7 @@ def optimize(study, ctx: StudyContext, echo: Echo = _quiet) -> None:
     from dsm5lab.training.loop import DivergedError
 
     hpo = ctx.params.hpo
+    bound_pool(study, ctx, echo)  # trials an interrupted run or another worker finished
     if st.finished_count(study) >= hpo.n_trials:
         echo(f"hpo: study {ctx.study_name} already has {hpo.n_trials} finished trials")
         return
@@ -149,6 +173,7 @@ def optimize(study, ctx: StudyContext, echo: Echo = _quiet) -> None:
         step = max(trial.intermediate_values) if trial.intermediate_values else None
         extra = f" at report {step}" if trial.state == optuna.trial.TrialState.PRUNED else ""
         echo(f"hpo: trial {trial.number} {trial.state.name}{extra} value={value} params={trial.params}")
+        bound_pool(study, ctx, echo)
         if st.finished_count(study) >= hpo.n_trials:
             study.stop()
 

@@ -98,3 +98,99 @@ def plan_retention(records: list[dict], keep_best_k: int, keep_last_n: int, mode
     order = sorted(range(len(records)), key=lambda i: records[i]["step"])
     return ([records[i] for i in order if decisions[i].keep],
             [records[i] for i in order if not decisions[i].keep])
+
+
+@dataclass(frozen=True)
+class PoolDecision:
+    """What the study's pool pass does with one checkpoint record of an HPO study.
+
+    action: "leave" (a running or unknown trial's: never touched from outside the trial),
+    "keep" (a finished trial's best that can still enter the study's best K: kept, weights only),
+    "delete". reason: running | candidate | not_run_best | outside_best_k | fold | budget | unscored.
+    rank: the run's place among the runs' bests (0 = the study's best), None when not ranked.
+    """
+
+    record: dict
+    action: str
+    reason: str
+    rank: int | None
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    decisions: list[PoolDecision]
+    bytes_before: int  # the records' bytes now
+    bytes_after: int  # after the plan: deleted gone, kept stripped to weights only
+    over_budget: int  # bytes above max_bytes that the plan may not free (the best, running trials); 0 if none
+
+
+def _kept_bytes(record: dict) -> int:
+    return int(record.get("weights_bytes") or record.get("bytes") or 0)
+
+
+def plan_study_pool(records: list[dict], finished: set[str], keep_best_k: int, mode: str = "max", *,
+                    metric: str | None = None, max_bytes: int | None = None) -> PoolPlan:
+    """The bounded pool of a running HPO study: what each finished trial keeps, checked after every trial.
+
+    records: every checkpoint of the study, `run` = the trial folder (`trial-0003`, or `trial-0003/fold-1`
+    for a cross-validation fold). finished: the trial folders whose trial ended (complete, pruned, failed);
+    the others are left exactly as they are, since their own process is writing them.
+
+    A finished trial keeps at most its best checkpoint, stripped to weights, and only while that best
+    ranks among the best `keep_best_k` of all trials' bests (a running trial's best so far counts: it can
+    only improve). Fold checkpoints, scored on their own folds, are never ranked, so finished ones go.
+    max_bytes caps the whole study's pool: kept bests go lowest ranked first, never the study's best and
+    never a running trial's checkpoint; what is left above the cap is reported as over_budget.
+    """
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    if keep_best_k < 1:
+        raise ValueError("keep_best_k must be >= 1")
+    sign = 1.0 if mode == "max" else -1.0
+
+    def top(r: str) -> str:
+        return r.split("/", 1)[0]
+
+    def key(rec: dict):
+        return sign * float(rec["score"]), rec["step"], str(rec["run"])
+
+    comparable = [r for r in records if metric is None or r.get("metric") in (None, metric)]
+    is_comparable = {id(r) for r in comparable}
+    run_best: dict[str, dict] = {}
+    for rec in comparable:
+        if "/" in str(rec["run"]) or not is_finite_score(rec.get("score")):
+            continue
+        cur = run_best.get(rec["run"])
+        if cur is None or key(rec) > key(cur):
+            run_best[rec["run"]] = rec
+    order = sorted(run_best, key=lambda r: key(run_best[r]), reverse=True)
+    rank = {r: n for n, r in enumerate(order)}
+    decisions: list[PoolDecision] = []
+    for rec in records:
+        run = str(rec["run"])
+        if top(run) not in finished:
+            decisions.append(PoolDecision(rec, "leave", "running", rank.get(run)))
+        elif id(rec) not in is_comparable:
+            decisions.append(PoolDecision(rec, "leave", "other_metric", None))
+        elif "/" in run:
+            decisions.append(PoolDecision(rec, "delete", "fold", None))
+        elif run_best.get(run) is not rec:
+            decisions.append(PoolDecision(rec, "delete", "unscored" if run not in run_best else "not_run_best", None))
+        elif rank[run] >= keep_best_k:
+            decisions.append(PoolDecision(rec, "delete", "outside_best_k", rank[run]))
+        else:
+            decisions.append(PoolDecision(rec, "keep", "candidate", rank[run]))
+
+    def size(d: PoolDecision) -> int:
+        return 0 if d.action == "delete" else _kept_bytes(d.record) if d.action == "keep" else int(d.record.get("bytes") or 0)
+
+    after = sum(size(d) for d in decisions)
+    if max_bytes is not None:
+        for i in sorted((i for i, d in enumerate(decisions) if d.action == "keep" and d.rank != 0),
+                        key=lambda i: -decisions[i].rank):
+            if after <= max_bytes:
+                break
+            after -= size(decisions[i])
+            decisions[i] = PoolDecision(decisions[i].record, "delete", "budget", decisions[i].rank)
+    return PoolPlan(decisions, sum(int(r.get("bytes") or 0) for r in records), after,
+                    max(0, after - max_bytes) if max_bytes is not None else 0)
