@@ -144,12 +144,27 @@ def evaluate(
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
     model: Annotated[Path | None, typer.Option("--model", help="a model or checkpoint dir (default: the trained model).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="with --model: folder for its reports.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="with --model or --ensemble: folder for its reports.")] = None,
+    ensemble: Annotated[Path | None, typer.Option("--ensemble", help="a tracked set (e.g. stages/retention): its "
+                                                  "ranked checkpoints averaged, against the best alone.")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="with --ensemble: the best K members "
+                                              "(default: every ranked one).")] = None,
 ) -> None:
     """Evaluate on the test split (thresholds tuned on val): report, plots, errors, metrics/evaluate.json."""
+    from dsm5lab.errors import UserError
     from dsm5lab.evaluation import stage
 
+    if model is not None and ensemble is not None:
+        raise UserError("give --model or --ensemble, not both")
+    if top_k is not None and ensemble is None:
+        raise UserError("--top-k needs --ensemble")
     cfg = _load_pinned(params, set_)
+    if ensemble is not None:
+        from dsm5lab.evaluation import ensemble as ens
+
+        result = ens.run(cfg, Path("."), ensemble, out if out is not None else Path("reports/ensemble"), top_k)
+        typer.echo(ens.summary_markdown(result))
+        return
     if model is not None and out is None:
         out = Path("reports") / f"evaluate-{model.resolve().name}"
     report = stage.run(cfg, Path("."), model_dir=model, out_dir=out)

@@ -189,21 +189,13 @@ def export_thresholded(model_dir: Path, out: Path, thresholds: dict[str, float] 
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def run(params: Params, root: Path = Path("."), model_dir: Path | None = None, out_dir: Path | None = None) -> dict:
-    """Evaluate a model on the prepared val/test splits and write every output.
-
-    Pipeline mode (no out_dir): the trained model -> reports/evaluate/, metrics/evaluate.json and
-    stages/evaluate/model (the model with its tuned thresholds). With out_dir, any saved model or
-    checkpoint is evaluated and everything goes under out_dir, leaving pipeline outputs alone.
-    """
+def predict_val_test(root: Path, model_dir: Path, settings: Settings):
+    """(config, manifest, val, test): a saved model's predictions on the prepared val and test splits."""
     from dsm5lab.evaluation import views as ev
     from dsm5lab.training.inference import load_for_inference
 
-    root = Path(root)
-    model_dir = Path(model_dir) if model_dir is not None else root / layout.TRAINED_MODEL
-    settings = Settings(seed=params.seed, **params.evaluate.model_dump())
     model, windower, config, _ = load_for_inference(model_dir, settings.max_chunks)
-    prepared = root / layout.PREPARED
+    prepared = Path(root) / layout.PREPARED
     if not (prepared / "manifest.json").is_file():
         raise UserError(f"{prepared}: no prepared data (manifest.json missing); run `dvc repro prepare` first")
     manifest = json.loads((prepared / "manifest.json").read_text())
@@ -212,6 +204,22 @@ def run(params: Params, root: Path = Path("."), model_dir: Path | None = None, o
     budget = int(config["encode"]["max_chunks"])
     val = ev.predict_split("val", model, windower, val_posts, sentences, settings.batch_size, device, budget)
     test = ev.predict_split("test", model, windower, test_posts, sentences, settings.batch_size, device, budget)
+    return config, manifest, val, test
+
+
+def run(params: Params, root: Path = Path("."), model_dir: Path | None = None, out_dir: Path | None = None) -> dict:
+    """Evaluate a model on the prepared val/test splits and write every output.
+
+    Pipeline mode (no out_dir): the trained model -> reports/evaluate/, metrics/evaluate.json and
+    stages/evaluate/model (the model with its tuned thresholds). With out_dir, any saved model or
+    checkpoint is evaluated and everything goes under out_dir, leaving pipeline outputs alone.
+    """
+    from dsm5lab.evaluation import views as ev
+
+    root = Path(root)
+    model_dir = Path(model_dir) if model_dir is not None else root / layout.TRAINED_MODEL
+    settings = Settings(seed=params.seed, **params.evaluate.model_dump())
+    config, manifest, val, test = predict_val_test(root, model_dir, settings)
     report = build_report(params, model_dir, config, manifest, val, test, settings)
     validate_report(report)
     report_dir = root / layout.EVALUATE_REPORTS if out_dir is None else Path(out_dir)
