@@ -344,6 +344,23 @@ def hpo_compare_pruning(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = 
                f"without {r['best_without_pruning']}. Written to {OUT}")
 
 
+@app.command()
+@user_errors
+def bench(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="epochs per side (default: train.epochs).")] = None,
+    max_posts: Annotated[int | None, typer.Option("--max-posts", min=1, help="cap the training posts.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="folder for bench.json and bench.md.")] = Path("reports/bench"),
+) -> None:
+    """Benchmarks: our loop vs the Hugging Face Trainer, predict throughput, FLOP/s against a matmul peak."""
+    from dsm5lab.bench import run_bench
+
+    cfg = _load_pinned(params, set_)
+    run_bench(cfg, Path("."), out, epochs=epochs, max_posts=max_posts)
+    typer.echo((out / "bench.md").read_text())
+
+
 tracking_app = typer.Typer(help="Tracking utilities.", no_args_is_help=True)
 app.add_typer(tracking_app, name="tracking")
 

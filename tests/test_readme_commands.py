@@ -1,0 +1,85 @@
+"""Every `dsm5lab ...` command and `make` target README.md shows exists: each command runs with --help,
+each `--option` it is shown with is one the command takes, and each make target is in the Makefile.
+
+So a documented command cannot disappear silently (as `dsm5lab bench` once did).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from conftest import ROOT
+from dsm5lab.cli import app
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+ROOT_CMD = typer.main.get_command(app)
+
+
+def code_spans(text: str) -> list[str]:
+    """Lines of fenced code blocks and inline `code` spans (prose is not a command)."""
+    out, fenced = [], False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+            continue
+        if fenced:
+            out.append(line)
+        else:
+            out += re.findall(r"`([^`]+)`", line)
+    return out
+
+
+def invocations(prog: str) -> list[list[str]]:
+    """The words after each `prog` in README code, up to a comment, pipe or shell separator."""
+    found = []
+    for span in code_spans(README):
+        if span.lstrip().startswith("docker"):  # `dsm5lab` there is the image name
+            continue
+        for m in re.finditer(rf"(?<![\w./-]){prog}(?![\w./-])((?:\s+[^\s#|;&`]+)*)", span):
+            found.append(m.group(1).split())
+    return found
+
+
+def resolve(words: list[str]):
+    """The subcommand path the words name, and that command (typer's own click, so duck-typed)."""
+    cmd, path = ROOT_CMD, []
+    for w in words:
+        if w in getattr(cmd, "commands", {}):
+            cmd, path = cmd.commands[w], [*path, w]
+        else:
+            break
+    return path, cmd
+
+
+DSM5LAB = [w for w in invocations("dsm5lab") if w]  # a bare `dsm5lab` names the CLI itself
+COMMANDS = sorted({" ".join(resolve(w)[0]) for w in DSM5LAB})
+
+
+def test_readme_shows_commands():
+    assert len(DSM5LAB) > 30 and {"prepare", "train", "evaluate", "retention", "hpo run", "gate", "bench"} <= set(
+        COMMANDS)
+
+
+@pytest.mark.parametrize("words", DSM5LAB, ids=[" ".join(w)[:60] for w in DSM5LAB])
+def test_every_readme_command_exists_with_its_options(words):
+    path, cmd = resolve(words)
+    assert path, f"`dsm5lab {' '.join(words)}`: {words[0]!r} is not a dsm5lab command"
+    result = CliRunner().invoke(app, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    known = {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)} | {"--help"}
+    for w in (w.strip("[]()") for w in words[len(path):]):  # `[--top-k 3]`: an optional part
+        if re.fullmatch(r"--[a-z][a-z0-9-]*(=.*)?", w):
+            assert w.split("=")[0] in known, f"`dsm5lab {' '.join(words)}`: {w} is not an option of " \
+                                             f"`dsm5lab {' '.join(path)}` ({', '.join(sorted(known))})"
+
+
+def test_every_make_target_in_the_readme_exists():
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    targets = set(re.findall(r"^([A-Za-z][\w-]*)\s*:", makefile, flags=re.M))
+    shown = {w[0] for w in invocations("make") if w and not w[0].startswith("-") and "=" not in w[0]}
+    assert {"run", "test"} <= shown
+    assert shown <= targets, f"README shows make {sorted(shown - targets)}, not in the Makefile"
