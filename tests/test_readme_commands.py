@@ -1,4 +1,4 @@
-"""Every `dsm5lab ...` command and `make` target README.md shows exists: each command runs with --help,
+"""The command line as documented: every `dsm5lab ...` command and `make` target README.md shows exists: each command runs with --help,
 each `--option` it is shown with is one the command takes, and each make target is in the Makefile.
 
 So a documented command cannot disappear silently (as `dsm5lab bench` once did).
@@ -83,3 +83,26 @@ def test_every_make_target_in_the_readme_exists():
     shown = {w[0] for w in invocations("make") if w and not w[0].startswith("-") and "=" not in w[0]}
     assert {"run", "test"} <= shown
     assert shown <= targets, f"README shows make {sorted(shown - targets)}, not in the Makefile"
+
+
+def test_version_prints_the_installed_version():
+    from importlib.metadata import version
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output == f"dsm5lab {version('dsm5lab')}\n"
+
+
+def test_our_optuna_calls_raise_no_deprecation_warnings():
+    """Every `hpo run` printed a FutureWarning from our own TPESampler arguments (optuna 4.9)."""
+    import warnings
+    from types import SimpleNamespace
+
+    import optuna
+
+    from dsm5lab.hpo.study import SAMPLERS
+
+    for kind, factory in SAMPLERS.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            warnings.simplefilter("error", DeprecationWarning)
+            factory(optuna.samplers, SimpleNamespace(n_startup_trials=3), 0)

@@ -22,6 +22,24 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"dsm5lab {version('dsm5lab')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    show_version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, metavar="",
+                                               help="print the installed version and exit.")] = False,
+) -> None:
+    """Reproducible DSM-5 criteria matching and evidence extraction on ReDSM5."""
+
+
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params file to read.")]
 SetOpt = Annotated[
     list[str] | None,

@@ -35,9 +35,8 @@ def _quiet(_: str) -> None:
 
 # hpo.sampler.type -> factory(optuna.samplers, sampler section, seed)
 SAMPLERS = {
-    # conditional params are expected: no warning when TPE samples them independently
-    "tpe": lambda lib, s, seed: lib.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials, multivariate=True,
-                                               warn_independent_sampling=False),
+    # conditional params are expected; TPE (optuna >= 4.9) no longer warns when it samples them independently
+    "tpe": lambda lib, s, seed: lib.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials, multivariate=True),
     "random": lambda lib, s, seed: lib.RandomSampler(seed=seed),
     # CMA-ES handles float/int; categorical params fall back to independent sampling
     "cmaes": lambda lib, s, seed: lib.CmaEsSampler(seed=seed, n_startup_trials=s.n_startup_trials,
