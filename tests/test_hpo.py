@@ -189,6 +189,8 @@ def test_stage_writes_every_output(hpo_project):
     assert (root / "reports/hpo/history.csv").read_text().count("\n") == 4
     summary = (root / "reports/hpo/summary.md").read_text()
     assert "optuna-dashboard sqlite:///stages/hpo/storage/study.db" in summary
+    # wall-clock numbers go to the cached summary, not the git-tracked metrics (a re-run leaves git clean)
+    assert not {"wall_time_s", "seconds_saved_by_pruning_est"} & set(metrics) and "Wall time of this run" in summary
     study = load_study(root)
     assert study.user_attrs["dsm5lab:fingerprint"] in study.study_name or study.study_name.startswith("dsm5lab-")
     # the MLflow parent run of the study with one nested run per trial

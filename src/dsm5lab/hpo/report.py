@@ -92,7 +92,7 @@ def best_trial(study):
 
 
 def summarise(study, params: Params, wall_s: float | None) -> dict[str, Any]:
-    """metrics/hpo.json: best value, trial counts, wall time and the compute pruning saved."""
+    """Best value, trial counts, wall time and the compute pruning saved (metrics/hpo.json less WALL_CLOCK)."""
     trials = study.get_trials(deepcopy=False)
     counts = {s: sum(1 for t in trials if t.state.name == s.upper())
               for s in ("complete", "pruned", "fail", "running", "waiting")}
@@ -119,6 +119,16 @@ def summarise(study, params: Params, wall_s: float | None) -> dict[str, Any]:
     if len(study.directions) > 1:
         out["pareto_front"] = sorted(t.number for t in study.best_trials)
     return out
+
+
+# wall-clock numbers: in summary.md (a cached out) and MLflow, not in the git-tracked metrics/hpo.json, so
+# re-running the same study on another machine (or under another load) leaves git clean
+WALL_CLOCK = ("seconds_saved_by_pruning_est", "wall_time_s")
+
+
+def tracked_metrics(metrics: dict) -> dict:
+    """metrics/hpo.json: what summarise() gives, less the wall-clock fields."""
+    return {k: v for k, v in metrics.items() if k not in WALL_CLOCK}
 
 
 def best_params_text(study, params: Params) -> str:
@@ -148,7 +158,8 @@ def summary_md(study, params: Params, metrics: dict, imp: list[tuple[str, float]
               f"({t['finished']} of {params.hpo.n_trials} counted). Pruning skipped "
               f"{metrics['trial_epochs_saved_by_pruning']} of "
               f"{metrics['trial_epochs_saved_by_pruning'] + metrics['trial_epochs_run']:.4g} trial-epochs "
-              f"(~{metrics['seconds_saved_by_pruning_est']} s).", ""]
+              f"(~{metrics['seconds_saved_by_pruning_est']} s)."
+              + (f" Wall time of this run: {metrics['wall_time_s']} s." if metrics.get("wall_time_s") else ""), ""]
     if best is not None:
         lines += [f"## Best trial {best.number}", "", "| param | value |", "|---|---|"]
         lines += [f"| `{k}` | {v} |" for k, v in sorted((best.user_attrs.get('values') or best.params).items())]
@@ -190,5 +201,5 @@ def write_all(study, params: Params, root: Path, url: str, wall_s: float | None)
     atomic.write_text(root / REPORTS / "summary.md", summary_md(study, params, metrics, imp, url))
     atomic.write_json(root / STORAGE_INFO, {"storage": st.redact(url), "study": study.study_name})
     atomic.write_text(root / BEST, best_text)
-    atomic.write_json(root / METRICS, metrics)
+    atomic.write_json(root / METRICS, tracked_metrics(metrics))
     return metrics
