@@ -104,6 +104,17 @@ def check_retention(repo: Path, env: dict, study: str) -> None:
     # of every checkpoint byte the runs wrote, at least 80% is gone from the pool, the tracked set and the cache
     assert metrics["freed_pct"] >= 80 and metrics["bytes"]["written"] > 5 * metrics["bytes"]["after"]
     assert not list((repo / "stages/retention").rglob("trainer_state.pt"))  # weights only
+    # and the bytes are what is on disk once DVC has committed the out (each file once)
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    md5 = next(o["md5"] for o in lock["stages"]["retention"]["outs"] if o["path"] == "stages/retention")
+    cache = repo / ".dvc/cache/files/md5"
+    listing = json.loads((cache / md5[:2] / md5[2:]).read_text())
+    files = [*(repo / "checkpoints").rglob("step-*/*"),
+             *(f for a in (repo / "checkpoints").rglob("assets") for f in a.rglob("*") if f.is_file()),
+             *(f for f in (repo / "stages/retention").rglob("*") if f.is_file()),
+             *(cache / e["md5"][:2] / e["md5"][2:] for e in listing)]
+    on_disk = {(f.stat().st_dev, f.stat().st_ino): f.stat().st_size for f in files}
+    assert sum(on_disk.values()) == metrics["bytes"]["after"]
     model, *_ = load_model(repo / "stages/retention" / index[0]["path"])  # the best one loads
     # tracked by DVC: a deleted out comes back with `dvc checkout`
     shutil.rmtree(repo / "stages/retention")

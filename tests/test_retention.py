@@ -493,27 +493,28 @@ def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("cache_type, linked", [(None, False), ("reflink,copy", False), ("hardlink,copy", True),
-                                                ("reflink,symlink", True)])
-def test_bytes_count_the_dvc_cache_of_the_tracked_set(tmp_path, cache_type, linked):
-    """What DVC will copy in on commit is counted (unless its cache links), what it holds is counted once,
-    and objects of the previous tracked set (dvc.lock) count in before and after alike, until `dvc gc`."""
+@pytest.mark.parametrize("cache_type, mode", [(None, "copy"), ("reflink,copy", "copy"),
+                                              ('"hardlink,copy"', "hardlink"), ("symlink", "symlink")])
+def test_bytes_count_what_dvc_does_with_the_tracked_set(tmp_path, cache_type, mode):
+    """DVC's commit: with a copy cache the workspace set is checked out again as fresh copies (it no longer
+    shares the pool's inodes) and the cache holds another copy; hardlink shares one inode everywhere; symlink
+    copies into the cache and leaves symlinks. Objects of the previous tracked set (dvc.lock) count in before
+    and after alike, until `dvc gc`. `dvc config` writes quoted values: they are read unquoted."""
     root = project(tmp_path, keep_best_k=2, keep_last_n=0)
     (root / ".dvc").mkdir()
     (root / ".dvc/config").write_text("[core]\n    autostage = false\n" +
                                       (f"[cache]\n    type = {cache_type}\n" if cache_type else ""))
     # a previous tracked set, as dvc.lock and the cache remember it: one object of 5000 bytes
-    old = b"x" * 5000
     obj = root / ".dvc/cache/files/md5" / "ab" / ("c" * 30)
     obj.parent.mkdir(parents=True)
-    obj.write_bytes(old)
+    obj.write_bytes(b"x" * 5000)
     listing = root / ".dvc/cache/files/md5/de" / (("f" * 30) + ".dir")
     listing.parent.mkdir(parents=True)
     listing.write_text(json.dumps([{"md5": "ab" + "c" * 30, "relpath": "x/model.safetensors"}]))
     (root / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"retention": {"outs": [
         {"path": "stages/retention", "md5": "de" + "f" * 30 + ".dir"}]}}}))
     previous = 5000 + listing.stat().st_size
-    # one model.safetensors of the new set is already in the cache (as a separate copy: counted once more)
+    # one model.safetensors of the new set is already in the cache (a separate copy)
     src = root / "checkpoints/train/step-00000020/model.safetensors"
     md5 = _md5(src)
     (root / ".dvc/cache/files/md5" / md5[:2]).mkdir(parents=True, exist_ok=True)
@@ -521,19 +522,24 @@ def test_bytes_count_the_dvc_cache_of_the_tracked_set(tmp_path, cache_type, link
 
     m = stage.run(params_of(root), root)
     b = m["bytes"]
-    assert b["cache"]["links"] is linked and b["cache"]["previous_objects"] == 2
+    assert b["cache"]["type"] == mode and b["cache"]["previous_objects"] == 2
     assert b["before"]["dvc_cache"] == previous  # the new set is not there yet
     tracked = [f for f in (root / layout.RETAINED).rglob("*") if f.is_file()]
     unique = {}
     for f in tracked:
         unique.setdefault(_md5(f), f.stat().st_size)
     present = src.stat().st_size
-    pending = 0 if linked else sum(unique.values()) - present
+    pending = 0 if mode == "hardlink" else sum(unique.values()) - present
     assert b["after"]["dvc_cache_pending"] == pending
     assert b["after"]["dvc_cache"] == previous + present + pending
-    inodes = {}
-    for f in [*(root / "checkpoints").rglob("step-*/*"), *(root / "checkpoints").rglob("assets/*"), *tracked]:
-        inodes[(f.stat().st_dev, f.stat().st_ino)] = f.stat().st_size
-    assert b["after"]["total"] == sum(inodes.values()) + previous + present + pending
+    pool = {}
+    for f in [*(root / "checkpoints").rglob("step-*/*"), *(root / "checkpoints").rglob("assets/*")]:
+        pool[(f.stat().st_dev, f.stat().st_ino)] = f.stat().st_size
+    shared = {(f.stat().st_dev, f.stat().st_ino): f.stat().st_size for f in tracked}
+    if mode == "hardlink":  # the tracked files are the pool's (hard links), and DVC keeps them so
+        expected = sum((pool | shared).values())
+    else:  # DVC's checkout re-creates them: copies (counted in full) or symlinks (nothing)
+        expected = sum(pool.values()) + (sum(f.stat().st_size for f in tracked) if mode == "copy" else 0)
+    assert b["after"]["total"] == expected + previous + present + pending
     metrics = json.loads((root / layout.RETENTION_METRICS).read_text())
     assert metrics["bytes"]["after"] == b["after"]["total"] and metrics["bytes"]["before"] == b["before"]["total"]

@@ -190,7 +190,7 @@ def _dvc_config(root: Path) -> dict[str, str]:
                 section = line.strip("[]").strip().strip("'\"")
             elif section == "cache" and "=" in line:
                 key, value = (x.strip() for x in line.split("=", 1))
-                out[key] = value
+                out[key] = value.strip("'\"")  # `dvc config` (configobj) quotes values with commas or spaces
     return out
 
 
@@ -210,10 +210,14 @@ class Cache:
         self.on = (root / ".dvc").is_dir()
         folder = Path(cfg.get("dir", "cache"))
         self.dir = folder if folder.is_absolute() else root / ".dvc" / folder
-        # DVC tries cache.type's link types in order. A new object that it hard- or symlinks costs no bytes;
-        # a copy does, and so is a reflink counted here (its shared blocks are invisible to stat)
-        types = [t.strip() for t in cfg.get("type", "reflink,copy").split(",") if t.strip() != "reflink"]
-        self.links = bool(types) and types[0] in ("hardlink", "symlink")
+        # What DVC does with the out when it commits it (dvc/output.py: it moves files into the cache by hard
+        # link only when cache.type's first type is hardlink, then checks the out out again from the cache):
+        # hardlink: workspace, cache and pool share one inode; symlink: the cache gets a copy and the workspace
+        # becomes symlinks; copy (and reflink, counted as a copy: shared blocks are invisible to stat): the
+        # cache gets a copy and the workspace another, fresh from the cache, no longer sharing the pool's
+        first = [t.strip() for t in cfg.get("type", "reflink,copy").split(",")][0]
+        self.mode = first if first in ("hardlink", "symlink") else "copy"
+        self.links = self.mode == "hardlink"
 
     def object(self, md5: str) -> Path:
         return self.dir / "files" / "md5" / md5[:2] / md5[2:]
@@ -259,16 +263,22 @@ def accounting(root: Path, pool: Path, runs: list[str], cache: Cache, previous: 
     tracked_files = list(_files(root / layout.RETAINED))
     objects = [o for o in previous if o.is_file()]
     pending = 0
+    tracked = _inodes(tracked_files)
+    unshared = 0  # bytes of tracked files that DVC's checkout after the commit re-creates on their own inodes
     if new_tracked and cache.on:
         present, pending = cache.for_files(tracked_files)
         objects += present
-    places = {"pool": _inodes(pool_files), "tracked": _inodes(tracked_files), "dvc_cache": _inodes(objects)}
+        if cache.mode != "hardlink":
+            unshared = 0 if cache.mode == "symlink" else sum(tracked.values())
+            tracked = {}
+    places = {"pool": _inodes(pool_files), "tracked": tracked, "dvc_cache": _inodes(objects)}
     every: dict[tuple[int, int], int] = {}
     for inodes in places.values():
         every |= inodes
     out = {name: sum(v.values()) for name, v in places.items()}
+    out["tracked"] += unshared
     out["dvc_cache"] += pending
-    out |= {"dvc_cache_pending": pending, "total": sum(every.values()) + pending}
+    out |= {"dvc_cache_pending": pending, "total": sum(every.values()) + unshared + pending}
     return out
 
 
@@ -378,7 +388,7 @@ def run(params: Params, root: Path = Path("."), dry_run: bool | None = None, wri
                          for n in others for steps in [[d for d in (pool / n).glob("step-*") if d.is_dir()]]],
         # on disk, each file once: "before" as the stage found it, "after" once DVC has committed the out
         "bytes": {"before": before_bytes, "after": after_bytes, "written": written,
-                  "cache": {"dir": str(cache.dir) if cache.on else None, "links": cache.links,
+                  "cache": {"dir": str(cache.dir) if cache.on else None, "type": cache.mode if cache.on else None,
                             "previous_objects": len(previous)}},
         "reduction_pct": reduction,
         "freed_pct": freed_pct,
