@@ -280,3 +280,52 @@ def test_the_committed_simulation_table_is_what_the_simulation_gives_today():
     readme = (ROOT / "README.md").read_text()
     for r in committed["rows"]:
         assert f"| {r['workers']} | {r['policy']}" in readme and f"| {r['peak_bytes'] / 1e9:.1f} |" in readme
+
+
+def test_a_failed_pool_pass_warns_and_the_study_goes_on(tmp_path, monkeypatch):
+    """A pass that loses a race with a live trial (a folder vanishing mid-read) must not end the study."""
+    import optuna
+
+    from conftest import default_params
+    from dsm5lab.config import validate
+    from dsm5lab.hpo import study as hpo_study
+    from dsm5lab.hpo.trial import StudyContext
+    from dsm5lab.pool import study as pool_study
+
+    def vanished(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", "trial-0003/step-00000009")
+
+    monkeypatch.setattr(pool_study, "enforce", vanished)
+    messages: list[str] = []
+    done = hpo_study.bound_pool(optuna.create_study(), StudyContext(validate(default_params()), tmp_path, "s", None),
+                                messages.append)
+    assert done["deleted"] == 0 and len(messages) == 1 and "the pool pass failed" in messages[0]
+
+
+def test_the_pass_reads_only_trial_folders_and_measures_old_records(tmp_path):
+    from dsm5lab.pool.study import trial_dirs
+
+    study = tmp_path / "s"
+    fill(study, {"trial-0000": [0.5], "trial-0001/fold-0": [0.4]})
+    (study / "trial-0000" / ".step-00000002.tmp-abc").mkdir()  # a live save: never walked into
+    (study / "trial-0000" / ".step-00000002.tmp-abc" / "registry.jsonl").write_text("")
+    assert trial_dirs(study) == ["trial-0000", "trial-0001/fold-0"]
+    # a registry written before weights_bytes existed: measured from disk, not budgeted at full size
+    reg = study / "trial-0000" / "registry.jsonl"
+    rows = [json.loads(x) for x in reg.read_text().splitlines()]
+    want = rows[0].pop("weights_bytes")
+    reg.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    from dsm5lab.pool.registry import Registry
+
+    assert Registry(study / "trial-0000", read_only=True).records[0]["weights_bytes"] == want
+
+
+def test_resuming_from_a_stripped_checkpoint_is_one_line(tmp_path):
+    from dsm5lab.training.checkpoint import peek_state
+
+    study = tmp_path / "s"
+    fill(study, {"trial-0000": [0.5]})
+    ckpt = study / "trial-0000" / "step-00000001"
+    (ckpt / STATE_FILE).unlink()
+    with pytest.raises(UserError, match="holds weights only .* retention.keep_last_n >= 1"):
+        peek_state(ckpt)

@@ -144,8 +144,12 @@ def bound_pool(study, ctx: StudyContext, echo: Echo = _quiet) -> dict:
     finished = {Path(layout.trial_run(ctx.study_name, t.number)).name
                 for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     budget = p.retention.max_pool_gb
-    done = enforce(ctx.root / pool / layout.HPO_POOL_DIR / ctx.study_name, finished, p.retention.keep_best_k,
-                   mode_for(metric), metric=metric, max_bytes=None if budget is None else int(budget * 1e9))
+    try:
+        done = enforce(ctx.root / pool / layout.HPO_POOL_DIR / ctx.study_name, finished, p.retention.keep_best_k,
+                       mode_for(metric), metric=metric, max_bytes=None if budget is None else int(budget * 1e9))
+    except (OSError, UserError) as exc:  # a pass that loses a race with a live trial must not end the study
+        echo(f"hpo: warning: the pool pass failed ({exc}); the next trial's pass tries again")
+        return {"before": 0, "after": 0, "deleted": 0, "stripped_bytes": 0, "kept": 0, "over_budget": 0}
     if done["deleted"] or done["stripped_bytes"]:
         echo(f"hpo: pool {done['before'] / 1e6:.1f} MB -> {done['after'] / 1e6:.1f} MB ({done['deleted']} "
              f"checkpoint(s) deleted, {done['kept']} best(s) kept as weights only)")

@@ -96,7 +96,14 @@ class Registry:
                                 "(an object with a string 'path' and an integer 'step')")
             records.append(record)
         # A checkpoint deleted by hand (or by another process's pool budget) is forgotten, not reported as best.
-        return [r for r in records if (self.root / r["path"]).is_dir()]
+        records = [r for r in records if (self.root / r["path"]).is_dir()]
+        for r in records:
+            if "weights_bytes" not in r:  # written before the field existed: measured, not guessed
+                try:
+                    r["weights_bytes"] = _weights_bytes(self.root / r["path"])
+                except FileNotFoundError:
+                    pass
+        return records
 
     def _adopt_orphans(self) -> None:
         """Register complete checkpoints the registry lacks (killed between rename and registry write)."""
@@ -105,9 +112,13 @@ class Registry:
             if d.name in known or not d.is_dir() or not all((d / f).is_file() for f in FILES):
                 # a stripped (weights-only) checkpoint is always registered before it is stripped
                 continue
-            meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
-            self._records.append(self.record_for(d, meta.get("run", self.run), meta.get("epoch"),
-                                                 meta.get("step", 0), meta.get("score"), meta.get("metric")))
+            try:
+                meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
+                record = self.record_for(d, meta.get("run", self.run), meta.get("epoch"), meta.get("step", 0),
+                                         meta.get("score"), meta.get("metric"))
+            except FileNotFoundError:  # a read-only view of a live run: its own pruning removed it just now
+                continue
+            self._records.append(record)
 
     def record_for(self, d: Path, run, epoch, step, score, metric) -> dict:
         """The registry record of checkpoint folder `d` (size from disk; a non-finite score is None)."""

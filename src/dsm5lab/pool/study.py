@@ -24,7 +24,9 @@ def trial_dirs(study_dir: Path) -> list[str]:
     """Run folders of the study (trial-NNNN and trial-NNNN/fold-k) that hold a registry, relative and sorted."""
     if not study_dir.is_dir():
         return []
-    return sorted(p.parent.relative_to(study_dir).as_posix() for p in study_dir.rglob(REGISTRY))
+    # two fixed levels, not a walk: running trials rename and delete their step folders under a walk's feet
+    found = [*study_dir.glob(f"trial-*/{REGISTRY}"), *study_dir.glob(f"trial-*/fold-*/{REGISTRY}")]
+    return sorted(p.parent.relative_to(study_dir).as_posix() for p in found)
 
 
 @contextmanager

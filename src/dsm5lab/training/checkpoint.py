@@ -113,9 +113,11 @@ def save_checkpoint(path: Path, model: torch.nn.Module, *, optimizer=None, sched
 
 def peek_state(path: Path) -> dict:
     """The `state` dict of a checkpoint, without touching any model or RNG."""
-    file = Path(path) / "trainer_state.pt"
+    file = Path(path) / STATE_FILE
     if not file.is_file():
-        raise UserError(f"checkpoint: {path} is incomplete (trainer_state.pt missing)")
+        raise UserError(f"checkpoint: {path} holds weights only ({STATE_FILE} missing: retention strips finished "
+                        "runs' checkpoints), so it cannot be resumed from; keep resume points with "
+                        "retention.keep_last_n >= 1, or train without --resume")
     return torch.load(file, map_location="cpu", weights_only=True)["state"]
 
 
