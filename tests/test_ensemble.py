@@ -171,6 +171,8 @@ def _with_criteria_only_run() -> None:
     (_with_criteria_only_run, [], "ensemble members must have the same heads"),
     (lambda: None, ["--model", "stages/retention/train"], "give --model or --ensemble, not both"),
     (lambda: None, ["--out", "reports/evaluate"], "which the ensemble must not touch"),
+    (lambda: None, ["--out", "stages/train/model"], "inside stages, which the ensemble must not touch"),
+    (lambda: None, ["--out", "reports/hpo/x"], "which the ensemble must not touch"),
     (lambda: None, ["--top-k", "0"], "--top-k"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(project, cli, setup, args, fragment):

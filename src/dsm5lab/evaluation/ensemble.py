@@ -22,7 +22,9 @@ from dsm5lab.evaluation.views import SplitPredictions
 from dsm5lab.models.saved import ASSETS
 
 INDEX = "index.json"  # the retention stage's list of its tracked set (dsm5lab.retention.INDEX)
-PIPELINE_OUTS = (layout.EVALUATE_REPORTS, layout.EVALUATED_MODEL, layout.EVALUATE_METRICS.parent)
+# every stage's outs (dvc.yaml): writing there would change an output DVC tracks
+PIPELINE_OUTS = (layout.PREPARED.parent, layout.EVALUATE_METRICS.parent, layout.PREPARE_REPORTS, layout.HPO_REPORTS,
+                 layout.TRAIN_LIVE.parent, layout.EVALUATE_REPORTS, layout.RETENTION_MANIFEST.parent)
 
 
 def members(members_dir: Path, top_k: int | None = None) -> list[dict]:
