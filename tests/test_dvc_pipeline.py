@@ -100,8 +100,9 @@ def check_retention(repo: Path, env: dict, study: str) -> None:
             for p in (repo / "checkpoints").rglob("step-*")}
     assert pool == {(e["run"], f"step-{e['step']:08d}") for e in manifest["kept"]}
     metrics = json.loads((repo / "metrics/retention.json").read_text())
-    assert 0 < metrics["reduction_pct"] < 100 and metrics["bytes"]["after"] < metrics["bytes"]["before"]
     # of every checkpoint byte the runs wrote, at least 80% is gone from the pool, the tracked set and the cache
+    # (the stage's own before/after is near zero here: the study's bounded pool freed the bulk while it ran, and
+    # with DVC's default copy cache the tracked set exists twice more, in the workspace and in the cache)
     assert metrics["freed_pct"] >= 80 and metrics["bytes"]["written"] > 5 * metrics["bytes"]["after"]
     assert not list((repo / "stages/retention").rglob("trainer_state.pt"))  # weights only
     # and the bytes are what is on disk once DVC has committed the out (each file once)
