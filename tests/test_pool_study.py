@@ -170,7 +170,7 @@ def test_a_study_pool_stays_within_its_budget_after_every_trial_and_keeps_the_be
     from dsm5lab.training.run import RunPaths, build_run
     from hpo_helpers import load_study, make_project
 
-    root = make_project(tmp_path / "p", n_trials=5, trial_overrides={"train.epochs": 2})
+    root = make_project(tmp_path / "p", n_trials=4, trial_overrides={"train.epochs": 2})
     raw = yaml.safe_load((root / "params.yaml").read_text())
     params = validate(raw)
     scratch = build_run(params, RunPaths(prepared=root / "stages/prepare", checkpoints=tmp_path / "scratch"))
@@ -191,7 +191,7 @@ def test_a_study_pool_stays_within_its_budget_after_every_trial_and_keeps_the_be
 
     monkeypatch.setattr(hpo_study, "bound_pool", checked)
     run_in(root, "hpo", "run")
-    assert len(sizes) == 6  # once before the first trial, then after each of the five
+    assert len(sizes) == 5  # once before the first trial, then after each of the four
     assert all(size <= budget for size, _ in sizes) and all(over == 0 for _, over in sizes)
     study = load_study(root)
     folder = root / "checkpoints" / "hpo" / study.study_name
