@@ -1,7 +1,9 @@
-"""Shared fixtures: the real params.yaml, a CLI runner, and a hand-written ReDSM5 bundle with every quirk."""
+"""Shared fixtures: the real params.yaml, a CLI runner, one prepared and one trained tiny project for the
+whole session, and a hand-written ReDSM5 bundle with every quirk."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -12,6 +14,21 @@ from typer.testing import CliRunner
 from dsm5lab.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# A tiny, fast configuration for tests: one small layer, short windows, few posts.
+TINY = [
+    "data.synthetic.n_posts=120", "model.tiny.hidden_size=32", "model.tiny.num_layers=1",
+    "model.tiny.intermediate_size=64", "model.max_length=64", "model.stride=16", "model.max_chunks=2",
+    "model.hidden_dim=16", "train.epochs=2", "train.eval_batch_size=32",
+]
+# The session's trained model: TINY keeping both epochs' checkpoints (the ensemble tests average them);
+# prepare and evaluate read none of these keys.
+TRAINED = TINY + ["train.checkpoint.keep_best_k=2", "train.checkpoint.keep_last_n=2"]
+
+
+def sets(overrides: list[str]) -> list[str]:
+    """["a=1", "b=2"] -> ["--set", "a=1", "--set", "b=2"]."""
+    return [a for o in overrides for a in ("--set", o)]
 
 
 @pytest.fixture
@@ -62,6 +79,42 @@ def copy_project(src: Path, tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setenv("CI", "true")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return root
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under root (what a read-only fixture must keep)."""
+    return {f.relative_to(root).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(root.rglob("*")) if f.is_file()}
+
+
+def shared_project(root: Path):
+    """Yield root to the whole session, then fail naming the files any test changed (copy it first)."""
+    before = tree_digest(root)
+    yield root
+    after = tree_digest(root)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"tests wrote into the shared project {root} (copy it first): {changed[:10]}"
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory):
+    """stages/prepare of 120 synthetic posts (TINY), prepared once per session. Read-only: copy before writing."""
+    root = tmp_path_factory.mktemp("tiny-prepared")
+    new_project(root, "prepare", *sets(TINY))
+    yield from shared_project(root)
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tiny_prepared, tmp_path_factory):
+    """tiny_prepared plus `dsm5lab train` (TRAINED: two checkpoints kept), once per session. Read-only."""
+    root = tmp_path_factory.mktemp("tiny-trained") / "p"
+    shutil.copytree(tiny_prepared, root)
+    run_in(root, "train", *sets(TRAINED))
+    # MLflow's store records its artifact folder as an absolute path: a copy of this store would log into
+    # this folder. Copies start a store of their own instead.
+    (root / "mlflow.db").unlink()
+    shutil.rmtree(root / "mlruns", ignore_errors=True)
+    yield from shared_project(root)
 
 
 def default_params() -> dict:

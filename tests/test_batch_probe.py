@@ -116,17 +116,15 @@ def test_plan_accumulation_rejects_zero():
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(tiny_prepared, tmp_path_factory):
     """A built CPU run of the tiny model on 120 synthetic posts, 8 x 4 = 32 groups per optimizer step."""
-    from conftest import new_project
     from dsm5lab.config import load_params
     from dsm5lab.training.run import RunPaths, build_run
-    from test_train import TINY, sets
+    from test_train import TINY
 
-    root = tmp_path_factory.mktemp("probe")
-    new_project(root, "prepare", *sets(TINY))
+    root = tiny_prepared
     params = load_params(root / "params.yaml", TINY + ["train.batch_size=8", "train.grad_accum_steps=4"])
-    return build_run(params, RunPaths(prepared=root / "stages/prepare", checkpoints=root / "ckpt"))
+    return build_run(params, RunPaths(prepared=root / "stages/prepare", checkpoints=tmp_path_factory.mktemp("ckpt")))
 
 
 def test_probe_micro_batch_measures_a_whole_step_and_changes_nothing(tiny_run, monkeypatch):

@@ -159,19 +159,6 @@ def test_repro_then_status_is_clean_and_reproduces_the_lock(clone):
             assert produced[stage] == committed[stage], f"dvc.lock differs for stage {stage}"
         assert produced["hpo"]["deps"] == committed["hpo"]["deps"]
         assert produced["hpo"]["params"] == committed["hpo"]["params"]
-    # promote round trip: the best trial's values go into params.yaml, and `dvc repro` trains exactly them
-    best = yaml.safe_load((repo / "stages/hpo/best_params.yaml").read_text())
-    sh("dsm5lab", "hpo", "promote", cwd=repo, env=env)
-    diff = json.loads(sh("dvc", "params", "diff", "--json", cwd=repo, env=env))["params.yaml"]
-    expected = {f"{section}.{key}": value for section, values in best.items() for key, value in values.items()}
-    changed = {k: v["new"] for k, v in diff.items()}
-    assert {k: v for k, v in expected.items() if k in changed} == changed
-    sh("dvc", "repro", "train", cwd=repo, env=env)
-    trained = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["train"]["params"]["params.yaml"]
-    for key, value in expected.items():
-        section, name = key.split(".", 1)
-        assert trained[section][name] == value, key
-    assert "Data and pipelines are up to date" in sh("dvc", "repro", "train", cwd=repo, env=env)
 
 
 def test_exp_run_with_override_shows_in_exp_show_and_mlflow(clone):
@@ -190,7 +177,7 @@ def test_exp_run_with_override_shows_in_exp_show_and_mlflow(clone):
 
     # a queued grid, two workers: each experiment runs in a temp copy under .dvc/tmp/exps
     sh("dvc", "exp", "run", "--queue", "-S", "train.learning_rate=1e-5,3e-5", "-S", "hpo.n_trials=2",
-       "-S", "train.epochs=2", cwd=repo, env=env)
+       "-S", "train.epochs=2", "-S", "data.synthetic.n_posts=300", cwd=repo, env=env)
     sh("dvc", "queue", "start", "-j", "2", cwd=repo, env=env)
     try:
         wait_for_queue(repo, env)
@@ -221,6 +208,21 @@ def test_exp_run_with_override_shows_in_exp_show_and_mlflow(clone):
     sh("git", "checkout", "-q", "-f", "lr-1e-5", cwd=repo, env=env)
     sh("dvc", "checkout", cwd=repo, env=env)
     assert "Data and pipelines are up to date" in sh("dvc", "repro", cwd=repo, env=env)
+
+    # promote round trip (on this small branch): the best trial's values go into params.yaml, and
+    # `dvc repro` trains exactly them
+    best = yaml.safe_load((repo / "stages/hpo/best_params.yaml").read_text())
+    sh("dsm5lab", "hpo", "promote", cwd=repo, env=env)
+    diff = json.loads(sh("dvc", "params", "diff", "--json", cwd=repo, env=env))["params.yaml"]
+    expected = {f"{section}.{key}": value for section, values in best.items() for key, value in values.items()}
+    changed = {k: v["new"] for k, v in diff.items()}
+    assert changed and {k: v for k, v in expected.items() if k in changed} == changed
+    sh("dvc", "repro", "train", cwd=repo, env=env)
+    trained = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["train"]["params"]["params.yaml"]
+    for key, value in expected.items():
+        section, key_name = key.split(".", 1)
+        assert trained[section][key_name] == value, key
+    assert "Data and pipelines are up to date" in sh("dvc", "repro", "train", cwd=repo, env=env)
 
 
 def wait_for_queue(repo: Path, env: dict, timeout_s: float = 900) -> None:

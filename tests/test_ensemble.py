@@ -14,22 +14,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import copy_project, new_project, run_in
+from conftest import TRAINED, copy_project, run_in
 from dsm5lab.config import load_params
 from dsm5lab.errors import UserError
-from test_train import TINY, sets
+from test_train import sets
 
-ENS = TINY + ["evaluate.bootstrap_resamples=50", "train.checkpoint.keep_best_k=2", "train.checkpoint.keep_last_n=2",
-              "retention.keep_best_k=2"]
+ENS = TRAINED + ["evaluate.bootstrap_resamples=50", "retention.keep_best_k=2"]
 SET = Path("stages/retention")
 
 
 @pytest.fixture(scope="module")
-def tracked(tmp_path_factory):
-    """prepare + train (tiny, two checkpoints kept) + retention once; tests copy the folder."""
-    root = tmp_path_factory.mktemp("tracked")
-    new_project(root, "prepare", *sets(ENS))
-    run_in(root, "train", *sets(ENS))
+def tracked(tiny_trained, tmp_path_factory):
+    """The session's trained tiny model (two checkpoints kept) plus retention, once; tests copy the folder."""
+    root = tmp_path_factory.mktemp("tracked") / "p"
+    shutil.copytree(tiny_trained, root)
     run_in(root, "retention", *sets(ENS))
     return root
 

@@ -3,27 +3,27 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import copy_project, new_project, run_in
+from conftest import TRAINED, copy_project, run_in
 from dsm5lab.config import load_params
 from dsm5lab.data import coverage
 from dsm5lab.errors import UserError
 from test_train import TINY, sets
 
-EVAL = TINY + ["evaluate.bootstrap_resamples=50"]
+EVAL = TRAINED + ["evaluate.bootstrap_resamples=50"]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """prepare + train (tiny) + evaluate once; tests copy the folder."""
-    root = tmp_path_factory.mktemp("trained")
-    new_project(root, "prepare", *sets(EVAL))
-    run_in(root, "train", *sets(EVAL))
+def trained(tiny_trained, tmp_path_factory):
+    """The session's trained tiny model plus evaluate, once; tests copy the folder."""
+    root = tmp_path_factory.mktemp("trained") / "p"
+    shutil.copytree(tiny_trained, root)
     run_in(root, "evaluate", *sets(EVAL))
     return root
 

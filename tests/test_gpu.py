@@ -44,6 +44,7 @@ def run_check(out: Path, *args: str, timeout: int, env: dict | None = None) -> t
     return proc, report
 
 
+@pytest.mark.slow  # every check of the script, in a fresh process
 def test_gpu_check_smoke_on_cpu(tmp_path):
     """Every check of the GPU script, on the tiny model and the CPU, with the out-of-memory injected."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "CI": "true"}

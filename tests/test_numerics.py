@@ -5,16 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import new_project
 from dsm5lab import numerics
 from test_train import TINY, sets
-
 
 
 def _best_isa() -> str:
@@ -34,13 +33,16 @@ MACHINES = {
     "plain": {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"},
 }
 
-pytestmark = pytest.mark.skipif(not numerics.is_x86(), reason="dispatch levels exist on x86-64 only")
+# slow: four trainings, each in a fresh process (the pinning must happen before MKL's first use)
+pytestmark = [pytest.mark.skipif(not numerics.is_x86(), reason="dispatch levels exist on x86-64 only"),
+              pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("numerics")
-    new_project(root, "prepare", *sets(TINY))
+def prepared(tiny_prepared, tmp_path_factory):
+    """A private copy of the session's prepared project: each run writes stages/train and metrics into it."""
+    root = tmp_path_factory.mktemp("numerics") / "p"
+    shutil.copytree(tiny_prepared, root)
     return root
 
 

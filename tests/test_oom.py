@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import new_project
 from dsm5lab.config import load_params
 from test_train import TINY, sets
 
@@ -65,11 +64,9 @@ def oom_at(monkeypatch, calls: set[int], where: str = "loss") -> None:
     monkeypatch.setattr(loop, "multitask_loss", loss_fn)
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("oom")
-    new_project(root, "prepare", *sets(TINY))
-    return root
+@pytest.fixture
+def prepared(tiny_prepared):
+    return tiny_prepared  # read-only: runs write their checkpoints under the test's tmp_path
 
 
 def train(root: Path, tmp: Path, name: str, overrides=(), splits: int = 1):

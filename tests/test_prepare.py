@@ -105,6 +105,7 @@ def test_test_evidence_is_mostly_unseen_phrasing(default_run):
     assert unseen >= 0.7, unseen
 
 
+@pytest.mark.slow  # a second prepare at the full default size
 def test_two_runs_are_byte_identical(default_run, tmp_path, monkeypatch, cli):
     root, _ = default_run
     import shutil
