@@ -80,3 +80,49 @@ def test_gated_dataset_message():
     exc = ConnectionError("Dataset 'irlab-udc/redsm5' is a gated dataset on the Hub. You must be authenticated to access it.")
     msg = str(_hf_error(exc, "irlab-udc/redsm5"))
     assert "is gated on the Hub" in msg and "https://huggingface.co/datasets/irlab-udc/redsm5" in msg
+
+
+@pytest.fixture
+def unreachable_hub(monkeypatch, tmp_path):
+    """No HF_HUB_OFFLINE, an empty cache, and a Hub endpoint where nothing listens (a machine without network)."""
+    from dsm5lab import hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(hub, "_reachable", {})
+    # the libraries as a process that imported them without HF_HUB_OFFLINE sees them
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    return hub
+
+
+def test_unreachable_hub_reads_the_cache_only_and_says_why(unreachable_hub, monkeypatch):
+    """Without network the Hub id goes straight to the cache (no library retries), and the line says why."""
+    import datasets
+
+    seen, before = [], datasets.config.HF_HUB_OFFLINE
+
+    def load_dataset(*args, **kwargs):
+        seen.append(datasets.config.HF_HUB_OFFLINE)
+        raise ConnectionError("Couldn't reach the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    with pytest.raises(UserError, match=r"not in the local Hugging Face cache and the Hub \(http://127.0.0.1:9\) "
+                                        "cannot be reached"):
+        read_hf(hf_cfg("irlab-udc/redsm5"))
+    assert seen == [True] and datasets.config.HF_HUB_OFFLINE == before  # cache-only while called, then restored
+
+
+def test_cache_only_restores_the_libraries_setting(unreachable_hub):
+    import datasets
+    from huggingface_hub import constants
+
+    before = (constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE)
+    with unreachable_hub.cache_only():
+        assert constants.HF_HUB_OFFLINE is True and datasets.config.HF_HUB_OFFLINE is True
+    assert (constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE) == before
+    assert not unreachable_hub.reachable() and unreachable_hub.offline()

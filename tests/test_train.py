@@ -12,27 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import copy_project, new_project
+from conftest import TINY, copy_project, sets
 from dsm5lab.config import load_params
 
-# A tiny, fast configuration for tests: one small layer, short windows, few posts.
-TINY = [
-    "data.synthetic.n_posts=120", "model.tiny.hidden_size=32", "model.tiny.num_layers=1",
-    "model.tiny.intermediate_size=64", "model.max_length=64", "model.stride=16", "model.max_chunks=2",
-    "model.hidden_dim=16", "train.epochs=2", "train.eval_batch_size=32",
-]
+__all__ = ["TINY", "sets"]  # other test modules import them from here
 
 
-def sets(overrides: list[str]) -> list[str]:
-    return [a for o in overrides for a in ("--set", o)]
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    """A project folder with params.yaml and stages/prepare for 120 synthetic posts."""
-    root = tmp_path_factory.mktemp("project")
-    new_project(root, "prepare", *sets(TINY))
-    return root
+@pytest.fixture
+def prepared(tiny_prepared):
+    """The session's project with params.yaml and stages/prepare for 120 synthetic posts (read-only)."""
+    return tiny_prepared
 
 
 @pytest.fixture
@@ -206,6 +195,29 @@ def test_non_finite_loss_stops_with_a_clear_error(project, cli, monkeypatch):
     assert "error: train: loss is nan at step 2" in result.stderr
     assert not Path("stages/train/model").exists() and not Path("metrics/train.json").exists()
     assert not list(Path("checkpoints/train").glob("step-*"))
+
+
+def test_hub_backbone_without_network_tries_the_cache_once(project, cli, monkeypatch, tmp_path):
+    """No HF_HUB_OFFLINE but no network: one cache-only attempt (no download retries) and a line saying why."""
+    import transformers
+
+    from dsm5lab import hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(hub, "_reachable", {})
+    calls = []
+    real = transformers.AutoConfig.from_pretrained
+
+    def from_pretrained(*args, **kwargs):
+        calls.append(kwargs.get("local_files_only"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", from_pretrained)
+    result = cli("train", *sets(TINY + ["model.backbone=bert-base"]))
+    assert result.exit_code != 0 and calls == [True]
+    assert "is not in the local Hugging Face cache and the Hub (http://127.0.0.1:9) cannot be reached" in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 
+from dsm5lab import hub
 from dsm5lab.config import DataConfig, HFConfig
 from dsm5lab.data.raw import RawBundle, read_csv_dir, validate_bundle
 from dsm5lab.errors import UserError
@@ -30,9 +31,8 @@ def read_synthetic(cfg: DataConfig) -> RawBundle:
     return bundle
 
 
-def _hf_error(exc: Exception, dataset: str) -> UserError:
+def _hf_error(exc: Exception, dataset: str, offline: bool = False) -> UserError:
     text = f"{type(exc).__name__}: {exc}"
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     if "gated" in text.lower() or "authenticated" in text.lower():
         return UserError(
             f"data.hf.dataset: {dataset!r} is gated on the Hub: accept its terms at "
@@ -40,7 +40,7 @@ def _hf_error(exc: Exception, dataset: str) -> UserError:
         )
     if offline:
         return UserError(
-            f"data.hf.dataset: {dataset!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+            f"data.hf.dataset: {dataset!r} is not in the local Hugging Face cache and {hub.why_offline()}; "
             "download it once online, point data.hf.dataset at a local dataset directory, or use data.source=csv"
         )
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -65,11 +65,14 @@ def _load_splits(cfg: HFConfig) -> dict:
         dd = datasets.load_from_disk(str(path))
         return {name: dd[name] for name in dd.keys()}
     out = {}
-    for kind, data_file in (("posts", cfg.posts_file), ("annotations", cfg.annotations_file)):
-        extra = {"keep_default_na": False, "encoding": "utf-8-sig"} if data_file.endswith(".csv") else {}
-        source = str(path) if path.is_dir() else cfg.dataset
-        ds = datasets.load_dataset(source, data_files=data_file, revision=cfg.revision, split="train", **extra)
-        out[kind] = ds
+    # a Hub id with no network: the cache only, at once, instead of the libraries' retries
+    offline = not path.is_dir() and hub.offline()
+    with hub.cache_only() if offline else contextlib.nullcontext():
+        for kind, data_file in (("posts", cfg.posts_file), ("annotations", cfg.annotations_file)):
+            extra = {"keep_default_na": False, "encoding": "utf-8-sig"} if data_file.endswith(".csv") else {}
+            source = str(path) if path.is_dir() else cfg.dataset
+            ds = datasets.load_dataset(source, data_files=data_file, revision=cfg.revision, split="train", **extra)
+            out[kind] = ds
     return out
 
 
@@ -95,7 +98,7 @@ def read_hf(cfg: HFConfig) -> RawBundle:
     try:
         dd = _load_splits(cfg)
     except Exception as exc:  # datasets raises many types (ConnectionError, DatasetNotFoundError, ...)
-        raise _hf_error(exc, cfg.dataset) from None
+        raise _hf_error(exc, cfg.dataset, not Path(cfg.dataset).is_dir() and hub.offline()) from None
     columns = {name: list(ds.column_names) for name, ds in dd.items()}
     posts_split = _pick_split(columns, cfg.posts_split, "text", "posts", cfg.dataset)
     ann_split = _pick_split(columns, cfg.annotations_split, "DSM5_symptom", "annotations", cfg.dataset)

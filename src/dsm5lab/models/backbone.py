@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import contextlib
 import logging
-import os
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+from dsm5lab import hub
 from dsm5lab.errors import UserError
 
 log = logging.getLogger("dsm5lab.backbone")
@@ -176,10 +177,6 @@ def _needs_sentencepiece(location: str, kind: str, exc: Exception | None = None)
     return exc is not None and any(word in str(exc).lower() for word in ("sentencepiece", "tiktoken", "protobuf"))
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
 def _pretrained(location: str, kind: str, cfg, name: str):
     from transformers import AutoConfig, AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -194,27 +191,29 @@ def _pretrained(location: str, kind: str, cfg, name: str):
                          "pip install -r requirements.lock")
     if kind == "local" and _needs_sentencepiece(location, kind):
         raise spm_only
-    tries = [True] if kind == "local" or _offline() else [True, False]
+    offline = kind != "local" and hub.offline()  # no network: the cache only, without the retries
+    tries = [True] if kind == "local" or offline else [True, False]
     last: Exception | None = None
-    for local_only in tries:
-        try:
-            config = AutoConfig.from_pretrained(location, local_files_only=local_only)
-            set_dropouts(config, cfg, name)
-            tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
-            encoder = AutoModel.from_pretrained(location, config=config, local_files_only=local_only)
-            return encoder, tokenizer
-        except (ImportError, OSError, ValueError) as exc:
-            if _needs_sentencepiece(location, kind, exc):
-                raise spm_only from None
-            if isinstance(exc, ImportError):
-                raise UserError(f"model.backbone: {name!r} needs a package that is not installed: "
-                                f"{str(exc).strip().splitlines()[0]}") from None
-            last = exc
+    with hub.cache_only() if offline else contextlib.nullcontext():
+        for local_only in tries:
+            try:
+                config = AutoConfig.from_pretrained(location, local_files_only=local_only)
+                set_dropouts(config, cfg, name)
+                tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
+                encoder = AutoModel.from_pretrained(location, config=config, local_files_only=local_only)
+                return encoder, tokenizer
+            except (ImportError, OSError, ValueError) as exc:
+                if _needs_sentencepiece(location, kind, exc):
+                    raise spm_only from None
+                if isinstance(exc, ImportError):
+                    raise UserError(f"model.backbone: {name!r} needs a package that is not installed: "
+                                    f"{str(exc).strip().splitlines()[0]}") from None
+                last = exc
     if kind == "local":
         raise UserError(f"model.backbone: cannot load {name!r} from {location}: {str(last).splitlines()[0]}")
     raise UserError(
         f"model.backbone: {name!r} ({location}) is not in the local Hugging Face cache"
-        + (" and HF_HUB_OFFLINE is set" if _offline() else " and could not be downloaded")
+        + (f" and {hub.why_offline()}" if offline else " and could not be downloaded")
         + f"; fetch it once with `hf download {location}` or point model.backbone at a local directory"
     )
 
