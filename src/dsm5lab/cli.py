@@ -369,13 +369,33 @@ def bench(
     set_: SetOpt = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="epochs per side (default: train.epochs).")] = None,
     max_posts: Annotated[int | None, typer.Option("--max-posts", min=1, help="cap the training posts.")] = None,
+    shapes: Annotated[str, typer.Option("--shapes", help="comma-separated backbones to measure, in order.")] = "tiny,minilm",
+    levers: Annotated[bool, typer.Option("--levers", help="also retrain each shape once per speed lever.")] = False,
+    under_load: Annotated[bool, typer.Option(
+        "--under-load", help="instead: tiny in fresh processes beside a job on every core, per OpenMP setting "
+        "(under_load.json/.md).")] = False,
+    stages: Annotated[bool, typer.Option(
+        "--stages", help="instead: time `dvc repro -f` per stage in a scratch clone (stages.json/.md).")] = False,
     out: Annotated[Path, typer.Option("--out", help="folder for bench.json and bench.md.")] = Path("reports/bench"),
 ) -> None:
-    """Benchmarks: our loop vs the Hugging Face Trainer, predict throughput, FLOP/s against a matmul peak."""
+    """Benchmarks per shape: our loop vs the Hugging Face Trainer, memory, predict, FLOP/s against a matmul peak."""
+    cfg = _load_pinned(params, set_)  # before torch is imported, so numerics.cpu_isa applies
+    if stages:
+        from dsm5lab.bench import run_stage_timing
+
+        run_stage_timing(Path("."), out, list(set_ or []))
+        typer.echo((out / "stages.md").read_text())
+        return
+    if under_load:
+        from dsm5lab.bench import run_under_load
+
+        run_under_load(params, list(set_ or []), out, max_posts=max_posts or 64)
+        typer.echo((out / "under_load.md").read_text())
+        return
     from dsm5lab.bench import run_bench
 
-    cfg = _load_pinned(params, set_)
-    run_bench(cfg, Path("."), out, epochs=epochs, max_posts=max_posts)
+    run_bench(cfg, Path("."), out, epochs=epochs, max_posts=max_posts,
+              shapes=tuple(s.strip() for s in shapes.split(",") if s.strip()), levers=levers)
     typer.echo((out / "bench.md").read_text())
 
 

@@ -81,11 +81,12 @@ def lr_lambda(kind: str, total_steps: int, warmup_steps: int):
     return fn
 
 
-def build_optimizer(model: nn.Module, cfg, total_steps: int):
-    """AdamW and a LambdaLR scheduler from the train section of params."""
+def build_optimizer(model: nn.Module, cfg, total_steps: int, adamw: dict | None = None):
+    """AdamW and a LambdaLR scheduler from the train section of params; `adamw`: extra keyword arguments
+    (`fused` / `foreach`, which `dsm5lab bench` compares against torch's default)."""
     optimizer = torch.optim.AdamW(
         param_groups(model, cfg.learning_rate, cfg.weight_decay, cfg.head_lr_multiplier, cfg.layer_lr_decay),
-        lr=cfg.learning_rate,
+        lr=cfg.learning_rate, **(adamw or {}),
     )
     warmup = int(round(cfg.warmup_ratio * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.scheduler, total_steps, warmup))

@@ -247,8 +247,9 @@ def batch_loader(groups, order, pad_id, kind, max_span, num_workers: int, seed: 
 
 
 def build_run(params: Params, paths: RunPaths, *, resume: bool = False, train_ids: list[str] | None = None,
-              val_ids: list[str] | None = None) -> Run:
-    """Data, model and optimisation for a run, seeded; on resume, the state of its latest checkpoint."""
+              val_ids: list[str] | None = None, adamw: dict | None = None) -> Run:
+    """Data, model and optimisation for a run, seeded; on resume, the state of its latest checkpoint.
+    `adamw`: extra AdamW keyword arguments (see build_optimizer)."""
     from dsm5lab.models.saved import write_run_assets
 
     t, m = params.train, params.model
@@ -287,7 +288,7 @@ def build_run(params: Params, paths: RunPaths, *, resume: bool = False, train_id
     else:
         micro, accum = t.batch_size, t.grad_accum_steps
     state = TrainState(micro_batch=micro, accumulation=accum)
-    optimizer, scheduler = build_optimizer(model, t, steps_per_epoch(len(train_groups), state) * t.epochs)
+    optimizer, scheduler = build_optimizer(model, t, steps_per_epoch(len(train_groups), state) * t.epochs, adamw)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and t.precision == "fp16")
     manager.check_room(estimate_checkpoint_bytes(model))  # before the first epoch, not at its end
     if resumed_from is not None:
