@@ -329,3 +329,19 @@ def test_a_backbone_missing_offline_stops_the_study_before_it_starts(tmp_path, m
     raw["model"]["backbone"] = "someone/not-cached"
     with pytest.raises(UserError, match="someone/not-cached \\(not a directory nor in the Hugging Face cache\\)"):
         study._check_backbones(validate(raw))
+
+
+def test_local_workers_sleep_when_they_wait_unless_the_user_chose(monkeypatch, tmp_path):
+    """OpenMP threads of processes that share the cores wait passively (bench --under-load: 0.25x -> 0.66x)."""
+    import subprocess
+
+    from dsm5lab.hpo import study
+
+    seen = []
+    monkeypatch.setattr(subprocess, "Popen", lambda cmd, **kw: seen.append((cmd, kw)))
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    study._spawn_worker("journal:x.log", "s", tmp_path)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    study._spawn_worker("journal:x.log", "s", tmp_path)
+    assert [kw["env"]["OMP_WAIT_POLICY"] for _, kw in seen] == ["PASSIVE", "ACTIVE"]
+    assert seen[0][0][-4:] == ["--storage", "journal:x.log", "--study", "s"] and seen[0][1]["cwd"] == tmp_path
