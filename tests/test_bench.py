@@ -199,9 +199,8 @@ def test_under_load_names_the_variant_that_failed(tiny_prepared, tmp_path, monke
     assert not (tmp_path / "out").exists()
 
 
-SMALL_PIPELINE = ["data.synthetic.n_posts=60", "model.tiny.num_layers=1", "model.max_length=64", "model.max_chunks=1",
-                  "train.epochs=1", "hpo.n_trials=1", "hpo.trial_overrides.train.epochs=1",
-                  "evaluate.bootstrap_resamples=20"]
+SMALL_PIPELINE = ["data.synthetic.n_posts=60", "model.tiny.num_layers=1", "model.max_length=64", "model.stride=16",
+                  "model.max_chunks=1", "train.epochs=1", "hpo.n_trials=1", "evaluate.bootstrap_resamples=20"]
 
 
 @pytest.mark.slow  # the whole pipeline through dvc, small
