@@ -35,6 +35,22 @@ def _finish(proc, timeout: float = 600.0) -> str:
     return out
 
 
+def schema_ready(db) -> bool:
+    """Whether the run has created optuna's schema in db, read without creating anything."""
+    import sqlite3
+
+    if not db.exists():
+        return False
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            return bool(con.execute("SELECT count(*) FROM alembic_version").fetchone()[0])
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return False
+
+
 def test_sigkill_mid_trial_then_restart_resumes(tmp_path):
     # 6 epochs a trial: the kill lands inside a trial, not between two
     root = make_project(tmp_path / "kill", n_trials=3, trial_overrides={"train.epochs": 6})
@@ -42,7 +58,7 @@ def test_sigkill_mid_trial_then_restart_resumes(tmp_path):
     first = dsm5lab(root, "hpo", "run")
 
     def one_done_one_training():
-        if not db.exists():
+        if not schema_ready(db):  # optuna creates its tables on first open: never race the run at it
             return None
         try:
             trials = load_study(root).trials
