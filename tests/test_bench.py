@@ -229,3 +229,29 @@ def test_stage_timing_names_the_stage_that_failed(tmp_path):
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     with pytest.raises(UserError, match="is not a git working tree"):
         run_stage_timing(tmp_path, tmp_path / "out")
+
+
+def test_stage_timing_uses_the_params_file_it_is_given(tmp_path):
+    import yaml
+
+    from conftest import ROOT, default_params
+    from dsm5lab.bench import run_stage_timing
+
+    raw = default_params()
+    raw["data"].update(source="csv", csv_dir=str(tmp_path / "missing"))
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(UserError, match=r"stage 'prepare' failed: .*data\.csv_dir"):
+        run_stage_timing(ROOT, tmp_path / "out", params_file=other)
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--stages", "--under-load"], "bench --stages: does not take --stages"),
+    (["--stages", "--levers"], "bench --stages: does not take --levers"),
+    (["--stages", "--max-posts", "8"], "bench --stages: does not take --max-posts"),
+    (["--under-load", "--epochs", "2", "--shapes", "minilm"], "bench --under-load: does not take --epochs, --shapes"),
+])
+def test_bench_modes_refuse_options_they_would_ignore(workdir, cli, args, fragment):
+    result = cli("bench", *args)
+    assert result.exit_code == 2 and fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (workdir / "reports").exists()

@@ -140,12 +140,11 @@ def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, n: int
     return 2.0 * n**3 / best
 
 
-def _bench_params(params: Params, epochs: int | None, backbone: str | None = None,
-                  extra: list[str] = ()) -> Params:
+def _bench_params(params: Params, epochs: int | None, backbone: str | None = None) -> Params:
     """Every epoch runs (no early stop), validation once per epoch, batches built inline on both sides."""
     e = epochs if epochs is not None else params.train.epochs
     sets = [f"train.epochs={e}", f"train.early_stopping.patience={e + 1}", "train.eval_every_steps=0",
-            "train.num_workers=0", *([f"model.backbone={backbone}"] if backbone else []), *extra]
+            "train.num_workers=0", *([f"model.backbone={backbone}"] if backbone else [])]
     return validate(apply_overrides(params.model_dump(), sets), source="bench")
 
 
@@ -580,11 +579,12 @@ def run_under_load(params_file: Path, sets: list[str], out_dir: Path, *, max_pos
     return report
 
 
-def run_stage_timing(root: Path, out_dir: Path, sets: list[str] = ()) -> dict:
+def run_stage_timing(root: Path, out_dir: Path, sets: list[str] = (), params_file: Path | None = None) -> dict:
     """`dvc repro -f -s STAGE` for each stage of dvc.yaml in order, in a scratch clone of the working tree.
 
-    The clone holds the files git would commit (tracked and untracked-but-not-ignored) with `sets` applied to
-    its params.yaml, so the project's own outputs, caches and study storage are never touched.
+    The clone holds the files git would commit (tracked and untracked-but-not-ignored); its params.yaml is
+    `params_file` (default: the project's) with `sets` applied, so the project's own outputs, caches and
+    study storage are never touched.
     """
     import shutil
     import subprocess
@@ -616,6 +616,8 @@ def run_stage_timing(root: Path, out_dir: Path, sets: list[str] = ()) -> dict:
             if (root / rel).is_file():
                 (clone / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(root / rel, clone / rel)
+        if params_file is not None:
+            shutil.copy2(params_file, clone / "params.yaml")  # the stages read params.yaml
         if sets:
             raw = apply_overrides(yaml.safe_load((clone / "params.yaml").read_text()), list(sets))
             validate(raw, source="bench --stages")

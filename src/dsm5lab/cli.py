@@ -379,11 +379,22 @@ def bench(
     out: Annotated[Path, typer.Option("--out", help="folder for bench.json and bench.md.")] = Path("reports/bench"),
 ) -> None:
     """Benchmarks per shape: our loop vs the Hugging Face Trainer, memory, predict, FLOP/s against a matmul peak."""
+    from dsm5lab.errors import UserError
+
     cfg = _load_pinned(params, set_)  # before torch is imported, so numerics.cpu_isa applies
+    if stages or under_load:
+        # --stages times the pipeline as it is; --under-load always runs tiny for one epoch
+        taken = [flag for flag, given in (("--stages", stages and under_load), ("--levers", levers),
+                                         ("--epochs", epochs is not None), ("--shapes", shapes != "tiny,minilm"),
+                                         ("--max-posts", stages and max_posts is not None)) if given]
+        if taken:
+            mode = "--stages" if stages else "--under-load"
+            raise UserError(f"bench {mode}: does not take {', '.join(taken)} (it takes --params, --set and --out"
+                            + ("" if stages else ", --max-posts") + ")")
     if stages:
         from dsm5lab.bench import run_stage_timing
 
-        run_stage_timing(Path("."), out, list(set_ or []))
+        run_stage_timing(Path("."), out, list(set_ or []), params_file=params)
         typer.echo((out / "stages.md").read_text())
         return
     if under_load:
