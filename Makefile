@@ -33,7 +33,7 @@ test: install
 EXP_PARAMS := seed|data\.(source|synthetic\.n_posts)|model\.(backbone|pooling)|train\.(task|loss|learning_rate|batch_size|epochs)|hpo\.n_trials
 EXP_METRICS := val\.(macro_f1|sentence_macro_f1)|test\.macro_f1|paper\.macro_f1|evidence\.sentence_macro_f1|best_value|reduction_pct
 exps:
-	dvc exp show --drop '.*' --keep '^(Experiment|rev|Created|State)$$|^($(EXP_PARAMS))$$|^($(EXP_METRICS))$$' $(EXP_ARGS)
+	@dvc exp show --drop '.*' --keep '^(Experiment|rev|Created|State)$$|^($(EXP_PARAMS))$$|^($(EXP_METRICS))$$' $(EXP_ARGS)
 
 # Re-resolve the lock from pyproject.toml in a scratch venv (needs the package registry).
 lock:

@@ -20,6 +20,7 @@ TINY = [
     "data.synthetic.n_posts=120", "model.tiny.hidden_size=32", "model.tiny.num_layers=1",
     "model.tiny.intermediate_size=64", "model.max_length=64", "model.stride=16", "model.max_chunks=2",
     "model.hidden_dim=16", "train.epochs=2", "train.eval_batch_size=32",
+    "hpo.enabled=false",  # `dsm5lab train` trains these values, not a study's best (hpo_helpers turns it back on)
 ]
 # The session's trained model: TINY keeping both epochs' checkpoints (the ensemble tests average them);
 # prepare and evaluate read none of these keys.

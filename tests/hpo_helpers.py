@@ -18,6 +18,7 @@ from test_train import TINY, sets
 def tiny_params(**hpo) -> dict:
     raw = apply_overrides(default_params(), TINY + ["data.synthetic.n_posts=100", "train.log_every_steps=1000"])
     raw["hpo"] = {**copy.deepcopy(raw["hpo"]), **{
+        "enabled": True,
         "n_trials": 3,
         "trial_overrides": {"train.epochs": 2},
         "sampler": {"type": "random", "n_startup_trials": 0},

@@ -233,6 +233,6 @@ def test_pretrained_lr_warning():
 
 
 def test_train_prints_the_warning_before_it_starts(workdir, cli):
-    result = cli("train", "--set", "model.backbone=minilm")
+    result = cli("train", "--set", "model.backbone=minilm", "--set", "hpo.enabled=false")
     assert result.exit_code == 2  # no prepared data here; the warning comes first
     assert "warning: train.learning_rate 0.003" in result.output and "dsm5lab preset minilm" in result.output

@@ -134,7 +134,7 @@ def test_repro_then_status_is_clean_and_reproduces_the_lock(clone):
     sh("dvc", "repro", cwd=repo, env=env)
     status = sh("dvc", "status", cwd=repo, env=env)
     assert "up to date" in status, status
-    assert json.loads((repo / "metrics/prepare.json").read_text())["posts"]["total"] == 1484
+    assert json.loads((repo / "reports/prepare/stats.json").read_text())["posts"]["total"] == 1484
     train = json.loads((repo / "metrics/train.json").read_text())
     assert train["val"]["macro_f1"] > train["val_chance_macro_f1"]
     assert (repo / "stages/train/model/model.safetensors").is_file()
@@ -145,7 +145,7 @@ def test_repro_then_status_is_clean_and_reproduces_the_lock(clone):
     for plot_id in ("confusion", "roc", "precision_recall", "calibration", "train_loss", "validation"):
         assert f"vegaEmbed('#{plot_id}'" in html, plot_id
     hpo = json.loads((repo / "metrics/hpo.json").read_text())
-    assert hpo["trials"]["finished"] >= 1 and (repo / "stages/hpo/best_params.yaml").is_file()
+    assert hpo["trials"]["complete"] >= 1 and (repo / "stages/hpo/best_params.yaml").is_file()
     check_retention(repo, env, hpo["study"])
     if had_lock:  # the committed lock and metrics are what this code produces, byte for byte
         # except reports/hpo and retention: they record wall-clock times (trial durations; checkpoint meta.json,
@@ -163,9 +163,12 @@ def test_repro_then_status_is_clean_and_reproduces_the_lock(clone):
 
 def test_exp_run_with_override_shows_in_exp_show_and_mlflow(clone):
     repo, env = clone
-    sh("dvc", "exp", "run", "-S", "data.synthetic.n_posts=300", "-S", "train.learning_rate=0.002", cwd=repo, env=env)
+    # a sweep of a searched key trains params.yaml's values: hpo.enabled=false (else the study's best wins)
+    sh("dvc", "exp", "run", "-S", "data.synthetic.n_posts=300", "-S", "train.learning_rate=0.002",
+       "-S", "hpo.enabled=false", cwd=repo, env=env)
     shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=repo, env=env))
-    assert 300 in find_metric(shown, "metrics/prepare.json", ("posts", "total"))
+    splits = [find_metric(shown, "metrics/prepare.json", ("posts", s)) for s in ("train", "val", "test")]
+    assert 300 in [sum(n) for n in zip(*splits)]
     steps = [v for v in find_metric(shown, "metrics/train.json", ("steps",)) if isinstance(v, int)]
     assert steps, "train metrics missing from dvc exp show"
     from mlflow.tracking import MlflowClient
@@ -176,7 +179,7 @@ def test_exp_run_with_override_shows_in_exp_show_and_mlflow(clone):
     assert runs[0].data.tags.get("dvc_exp_name"), runs[0].data.tags
 
     # a queued grid, two workers: each experiment runs in a temp copy under .dvc/tmp/exps
-    sh("dvc", "exp", "run", "--queue", "-S", "train.learning_rate=1e-5,3e-5", "-S", "hpo.n_trials=2",
+    sh("dvc", "exp", "run", "--queue", "-S", "train.learning_rate=1e-5,3e-5", "-S", "hpo.enabled=false",
        "-S", "train.epochs=2", "-S", "data.synthetic.n_posts=300", cwd=repo, env=env)
     sh("dvc", "queue", "start", "-j", "2", cwd=repo, env=env)
     try:
@@ -209,8 +212,11 @@ def test_exp_run_with_override_shows_in_exp_show_and_mlflow(clone):
     sh("dvc", "checkout", cwd=repo, env=env)
     assert "Data and pipelines are up to date" in sh("dvc", "repro", cwd=repo, env=env)
 
-    # promote round trip (on this small branch): the best trial's values go into params.yaml, and
-    # `dvc repro` trains exactly them
+    # promote round trip (on this small branch, HPO back on): the best trial's values go into params.yaml,
+    # and `dvc repro` trains exactly them
+    sh("dvc", "exp", "run", "-S", "hpo.enabled=true", "-S", "hpo.n_trials=2", cwd=repo, env=env)
+    study = json.loads((repo / "metrics/hpo.json").read_text())
+    assert study["trials"]["complete"] + study["trials"]["pruned"] == 2, study
     best = yaml.safe_load((repo / "stages/hpo/best_params.yaml").read_text())
     sh("dsm5lab", "hpo", "promote", cwd=repo, env=env)
     diff = json.loads(sh("dvc", "params", "diff", "--json", cwd=repo, env=env))["params.yaml"]

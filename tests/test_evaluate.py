@@ -239,7 +239,7 @@ def _load(root: Path, *overrides: str):
 
 
 def test_prepare_counts_posts_and_evidence_past_the_training_windows(project):
-    w = json.loads(Path("metrics/prepare.json").read_text())["windows"]
+    w = json.loads(Path("reports/prepare/stats.json").read_text())["windows"]
     assert (w["backbone"], w["max_chunks"], w["max_length"]) == ("tiny", 2, 64)
     for split in ("train", "val", "test"):
         s = w[split]
@@ -292,7 +292,7 @@ def test_evaluate_reads_every_window_and_says_how_many_posts_are_longer(project)
     report = json.loads(Path("reports/evaluate/evaluation_report.json").read_text())
     w = report["windows"]
     assert w["trained_max_chunks"] == 2 and w["read_max_chunks"] is None
-    prep = json.loads(Path("metrics/prepare.json").read_text())["windows"]
+    prep = json.loads(Path("reports/prepare/stats.json").read_text())["windows"]
     assert w["test_posts_beyond_training_cap"] == prep["test"]["posts_cut"]
     assert any("every window of each post" in n for n in report["notes"])
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 
 import optuna
 import pytest
 import yaml
 
-from conftest import default_params
+from conftest import ROOT, default_params
 from dsm5lab.config import validate
 from dsm5lab.errors import UserError
 from dsm5lab.hpo.trial import Reporter
-from dsm5lab.hpo.space import fingerprint, resolved_values, suggest
+from dsm5lab.hpo.space import definition, fingerprint, resolved_values, suggest
 from dsm5lab.hpo.study import make_pruner
 from hpo_helpers import load_study, make_project, tiny_params
 
@@ -119,6 +120,45 @@ def test_fingerprint_ignores_searched_values_but_not_the_rest():
     assert fingerprint(validate(raw), "other data") != base
 
 
+def with_keys(raw: dict, **values) -> dict:
+    from dsm5lab import dotted
+
+    out = copy.deepcopy(raw)
+    for key, value in values.items():
+        dotted.put(out, key.replace("__", "."), value)
+    return out
+
+
+def test_study_definition_leaves_out_what_trials_cannot_see():
+    """train.epochs (replaced by hpo.trial_overrides), operational keys and a patience that cannot stop a
+    3-epoch trial early leave the study as it is; anything a trial trains with starts a new one."""
+    raw = default_params()
+    assert raw["hpo"]["trial_overrides"] == {"train.epochs": 3} and raw["train"]["early_stopping"]["patience"] == 2
+    base = definition(validate(raw))
+    same = {"train__epochs": 20, "train__threads": 1, "train__early_stopping__patience": 5,
+            "train__early_stopping__min_delta": 0.05, "train__checkpoint__dir": "elsewhere"}
+    for key, value in same.items():
+        assert definition(validate(with_keys(raw, **{key: value}))) == base, key
+    changed = {"train__early_stopping__patience": 1, "train__weight_decay": 0.5, "model__max_length": 96,
+               "seed": 7, "hpo__trial_overrides": {"train.epochs": 4}}
+    for key, value in changed.items():
+        assert definition(validate(with_keys(raw, **{key: value}))) != base, key
+    # without the override, the trial trains for train.epochs: then it is part of the study
+    free = with_keys(raw, hpo__trial_overrides={})
+    assert definition(validate(with_keys(free, train__epochs=5))) != definition(validate(free))
+
+
+def test_study_stage_rewrites_the_same_bytes_when_only_an_unseen_key_changed(workdir, cli):
+    from test_train import sets
+
+    assert cli("hpo", "define").exit_code == 0
+    path = workdir / "stages/study/definition.json"
+    first = path.read_bytes()
+    assert json.loads(first)["trial_overrides"] == {"train.epochs": 3}
+    assert cli("hpo", "define", *sets(["train.epochs=11"])).exit_code == 0 and path.read_bytes() == first
+    assert cli("hpo", "define", *sets(["train.weight_decay=0.2"])).exit_code == 0 and path.read_bytes() != first
+
+
 # --- pruning -------------------------------------------------------------------------------------
 
 def test_median_pruner_prunes_a_clearly_worse_trial():
@@ -175,7 +215,11 @@ def hpo_project(tmp_path_factory):
 def test_stage_writes_every_output(hpo_project):
     root = hpo_project
     metrics = json.loads((root / "metrics/hpo.json").read_text())
-    assert metrics["trials"]["complete"] == 3 and metrics["trials"]["finished"] == 3
+    assert metrics["trials"]["complete"] == 3
+    summary = json.loads((root / "reports/hpo/summary.json").read_text())
+    assert summary["trials"]["finished"] == 3 and summary["objectives"] == {"val/macro_f1": "maximize"}
+    assert {k: summary[k] for k in metrics if k != "trials"} == {k: v for k, v in metrics.items() if k != "trials"}
+    assert not {"wall_time_s", "seconds_saved_by_pruning_est"} & set(summary)
     assert metrics["best_value"] is not None and 0 <= metrics["best_value"] <= 1
     best = yaml.safe_load((root / "stages/hpo/best_params.yaml").read_text())
     assert set(best) == {"model", "train"} and set(best["train"]) == {"learning_rate"}
@@ -345,3 +389,51 @@ def test_local_workers_sleep_when_they_wait_unless_the_user_chose(monkeypatch, t
     study._spawn_worker("journal:x.log", "s", tmp_path)
     assert [kw["env"]["OMP_WAIT_POLICY"] for _, kw in seen] == ["PASSIVE", "ACTIVE"]
     assert seen[0][0][-4:] == ["--storage", "journal:x.log", "--study", "s"] and seen[0][1]["cwd"] == tmp_path
+
+
+def test_train_trains_the_study_best_trial_when_hpo_is_enabled(hpo_project, tmp_path, monkeypatch, cli):
+    from conftest import copy_project
+
+    root = copy_project(hpo_project, tmp_path, monkeypatch)
+    best = yaml.safe_load((root / "stages/hpo/best_params.yaml").read_text())
+    study = load_study(root).study_name
+    # train.epochs is the final model's (trials train hpo.trial_overrides'), so the study still applies
+    result = cli("train", "--set", "train.epochs=1", "--set", "train.learning_rate=0.0001")
+    assert result.exit_code == 0, result.output
+    assert f"of study {study} (hpo.enabled" in result.output
+    assert f"train.learning_rate 0.0001 -> {best['train']['learning_rate']!r}" in result.output
+    spec = json.loads((root / "stages/train/model/config.json").read_text())
+    assert f'"pooling": "{best["model"]["pooling"]}"' in json.dumps(spec)
+    off = cli("train", "--set", "train.epochs=1", "--set", "hpo.enabled=false")
+    assert off.exit_code == 0 and "of study" not in off.output
+
+
+def test_train_refuses_the_best_trial_of_another_study(hpo_project, tmp_path, monkeypatch, cli):
+    from conftest import copy_project
+
+    root = copy_project(hpo_project, tmp_path, monkeypatch)
+    shutil.rmtree(root / "stages/train", ignore_errors=True)
+    # weight decay is a value every trial trains with: another study, whose best is not in stages/hpo yet
+    result = cli("train", "--set", "train.weight_decay=0.3")
+    assert result.exit_code == 2
+    assert f"holds the best trial of study {load_study(root).study_name}, but" in result.output
+    assert "run `dvc repro hpo` first, or set hpo.enabled=false" in result.output
+    assert not (root / "stages/train").exists()
+    (root / "stages/hpo/best_params.yaml").unlink()
+    result = cli("train")
+    assert result.exit_code == 2 and "best_params.yaml: not found; hpo.enabled is true" in result.output
+
+
+def test_disabled_hpo_stage_writes_every_declared_output_empty(tmp_path, monkeypatch, cli):
+    root = make_project(tmp_path / "off", enabled=False)
+    monkeypatch.chdir(root)
+    result = cli("hpo", "run")
+    assert result.exit_code == 0 and "hpo: disabled" in result.output, result.output
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["hpo"]
+    for entry in stage["outs"] + stage["metrics"]:
+        path = next(iter(entry)) if isinstance(entry, dict) else entry
+        assert (root / path).exists(), path
+    assert json.loads((root / "metrics/hpo.json").read_text()) == {"enabled": False}
+    assert not (root / "stages/hpo/storage/study.db").exists()  # no study was created
+    promote = cli("hpo", "promote")
+    assert promote.exit_code == 2 and "holds no values to promote" in promote.output

@@ -56,7 +56,7 @@ def test_writes_every_output(default_run):
 
 def test_metrics_are_consistent_with_tables(default_run):
     root, _ = default_run
-    m = json.loads((root / "metrics/prepare.json").read_text())
+    m = json.loads((root / "reports/prepare/stats.json").read_text())
     posts = read_table(root / "stages/prepare", "posts")
     ann = read_table(root / "stages/prepare", "annotations")
     assert m["posts"]["total"] == len(posts) == sum(m["posts"][s] for s in ("train", "val", "test"))
@@ -65,6 +65,20 @@ def test_metrics_are_consistent_with_tables(default_run):
     assert m["alignment"]["aligned_share"] > 0.97
     assert set(m["rejected"]) >= {"duplicate_annotation", "empty_sentence_text"}
     assert m["folds"]["k"] == 5 and m["folds"]["criteria_missing"] == 0
+
+
+def test_metrics_file_holds_the_headline_few_and_stats_hold_every_count(default_run):
+    """metrics/prepare.json is what `dvc exp show` lists: a handful of numbers, all derived from stats.json."""
+    root, _ = default_run
+    stats = json.loads((root / "reports/prepare/stats.json").read_text())
+    m = json.loads((root / "metrics/prepare.json").read_text())
+    leaves = [v for v in m.values() if not isinstance(v, dict)] + [v for d in m.values() if isinstance(d, dict)
+                                                                   for v in d.values()]
+    assert len(leaves) <= 6, m
+    assert m["posts"] == {s: stats["posts"][s] for s in ("train", "val", "test")}
+    assert m["aligned_share"] == stats["alignment"]["aligned_share"]
+    w = stats["windows"]["train"]
+    assert m["evidence_unread_share"] == round(w["evidence_unread"] / w["evidence"], 4)
 
 
 def test_synthetic_statistics_match_redsm5_through_the_loader(default_run):

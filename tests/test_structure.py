@@ -140,6 +140,16 @@ def _outs(stage: dict) -> list[str]:
             for key in ("outs", "metrics", "plots") for o in stage.get(key, [])]
 
 
+def _resolved(dep: str) -> str:
+    """A dep as DVC resolves it: `${a.b}` from params.yaml (dvc.yaml templating)."""
+    import re
+
+    from dsm5lab import dotted
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    return re.sub(r"\$\{([\w.]+)\}", lambda m: str(dotted.get(params, m.group(1))), dep)
+
+
 def _covered(path: str, dep: str) -> bool:
     return path == dep or path.startswith(dep.rstrip("/") + "/")
 
@@ -166,7 +176,7 @@ def test_stage_deps_match_imports(name):
             problems.append(f"{name}: dep {dep} holds nothing `{PKG} {' '.join(key)}` imports")
     # outs of another stage appear when that stage runs; everything else must be in the checkout
     produced = {o for s in stages.values() for o in _outs(s)}
-    for dep in deps:
+    for dep in map(_resolved, deps):
         if dep not in produced and not (ROOT / dep).exists() and not (ROOT / f"{dep}.dvc").exists():
             problems.append(f"{name}: dep {dep} does not exist (and no stage produces it)")
     if problems:

@@ -139,10 +139,13 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="continue from the last checkpoint of the run.")] = False,
 ) -> None:
     """Train the model params.yaml describes on stages/prepare; write stages/train/model and metrics/train.json."""
+    from dsm5lab.hpo import best
     from dsm5lab.models.catalog import pretrained_lr_warning
     from dsm5lab.training import stage
 
-    cfg = _load_pinned(params, set_)
+    cfg, lines = best.apply(_load_pinned(params, set_), Path("."))
+    for line in lines:
+        typer.echo(line, err=True)
     if warning := pretrained_lr_warning(cfg):
         typer.echo(warning, err=True)
     result, report = stage.run(cfg, Path("."), resume=resume)
@@ -300,10 +303,24 @@ def hpo_run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> Non
     from dsm5lab.hpo import study
 
     metrics = study.run(_load_pinned(params, set_), Path("."), echo=_err)
+    if metrics.get("enabled") is False:
+        typer.echo("hpo: disabled (hpo.enabled: false); wrote empty outputs, and train uses params.yaml's values")
+        return
     t = metrics["trials"]
     typer.echo(f"hpo: study {metrics['study']}: best trial {metrics['best_trial']} value {metrics['best_value']}; "
                f"{t['complete']} complete, {t['pruned']} pruned, {t['failed']} failed; pruning saved "
-               f"{metrics['trial_epochs_saved_by_pruning']} trial-epochs. Apply with `dsm5lab hpo promote`")
+               f"{metrics['trial_epochs_saved_by_pruning']} trial-epochs. train trains its best trial "
+               "(hpo.enabled); `dsm5lab hpo promote` writes it into params.yaml")
+
+
+@hpo_app.command("define")
+@user_errors
+def hpo_define(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """The study stage: write what HPO trials can see to stages/study/definition.json (the hpo stage's dep)."""
+    from dsm5lab.hpo.space import write_definition
+
+    path = write_definition(_load(params, set_), Path("."))
+    typer.echo(f"study definition: {path}")
 
 
 @hpo_app.command("worker")
@@ -567,8 +584,11 @@ def gate_calibrate(
 ) -> None:
     """Measure each gated metric's spread over training seeds (train + evaluate each) and write it into gate.yaml."""
     from dsm5lab.calibrate import calibrate
+    from dsm5lab.hpo import best
 
-    cfg = _load_pinned(params, set_)
+    cfg, lines = best.apply(_load_pinned(params, set_), Path("."))  # the params the train stage trains with
+    for line in lines:
+        typer.echo(line, err=True)
     out = calibrate(cfg, Path("."), gate_file, seeds)
     rows = [(Path(f).stem, k, f"{t['seed_spread']['mean']:.4f}", f"{t['seed_spread']['std']:.4f}",
              f"{t['seed_spread']['range']:.4f}", f"{t['seed_tolerance']:g}")

@@ -11,6 +11,10 @@ from pathlib import Path
 PREPARED = Path("stages/prepare")
 PREPARE_METRICS = Path("metrics/prepare.json")
 PREPARE_REPORTS = Path("reports/prepare")
+PREPARE_STATS = PREPARE_REPORTS / "stats.json"  # every dataset count; metrics/prepare.json holds the headline few
+
+# study: what HPO trials can see (the hpo stage depends on it instead of the model/train params)
+STUDY_DEFINITION = Path("stages/study/definition.json")
 
 # hpo
 HPO_STAGE = Path("stages/hpo")

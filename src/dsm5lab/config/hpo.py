@@ -94,6 +94,7 @@ class StaleConfig(Strict):
 
 
 class HpoConfig(Strict):
+    enabled: bool
     study_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     storage: str | None
     workers: int = Field(ge=1, le=256)

@@ -36,7 +36,7 @@ def _covered(windows) -> int:
 
 
 def count(params: Params, posts: pd.DataFrame, sentences: pd.DataFrame, descriptions: list[str]) -> dict:
-    """The window coverage block of metrics/prepare.json."""
+    """The window coverage block of reports/prepare/stats.json."""
     from dsm5lab.errors import UserError
     from dsm5lab.training.encoding import Windower, WindowSpec
 

@@ -263,11 +263,22 @@ def write(prep: Prepared, root: Path) -> None:
     with atomic.staged_dir(root / layout.PREPARE_REPORTS / "label_distribution") as plots:
         for name, frame in label_distribution(prep.posts).items():
             frame.to_csv(plots / f"{name}.csv", index=False, lineterminator="\n")
-    atomic.write_json(root / layout.PREPARE_METRICS, prep.metrics)
+    atomic.write_json(root / layout.PREPARE_STATS, prep.metrics)
+    atomic.write_json(root / layout.PREPARE_METRICS, headline(prep.metrics))
+
+
+def headline(stats: dict) -> dict:
+    """metrics/prepare.json: the few numbers `dvc exp show` needs (posts per split, the aligned share and the
+    share of train evidence training cannot read); every count is in reports/prepare/stats.json."""
+    out = {"posts": {s: stats["posts"][s] for s in SPLITS}, "aligned_share": stats["alignment"]["aligned_share"]}
+    train = stats["windows"].get("train")
+    if train and train["evidence"]:
+        out["evidence_unread_share"] = round(train["evidence_unread"] / train["evidence"], 4)
+    return out
 
 
 def windows_line(w: dict) -> str:
-    """One line on what training does not read (metrics/prepare.json `windows`)."""
+    """One line on what training does not read (reports/prepare/stats.json `windows`)."""
     cap = f"{w['max_chunks']} x {w['max_length']} tokens ({w['backbone']})"
     if "skipped" in w:
         return f"coverage at {cap} skipped: {w['skipped']}"

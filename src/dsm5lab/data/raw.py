@@ -26,7 +26,7 @@ from dsm5lab.data.labels import (
 )
 from dsm5lab.errors import UserError
 
-# Reasons a row can be rejected; all appear in metrics/prepare.json, zero or not.
+# Reasons a row can be rejected; all appear in reports/prepare/stats.json, zero or not.
 REJECT_REASONS = (
     "empty_post_text",
     "empty_sentence_text",

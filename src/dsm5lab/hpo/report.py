@@ -126,8 +126,23 @@ def summarise(study, params: Params, wall_s: float | None) -> dict[str, Any]:
 WALL_CLOCK = ("seconds_saved_by_pruning_est", "wall_time_s")
 
 
+# metrics/hpo.json keeps the headline few (what `dvc exp show` lists); every count, the objectives and the
+# Pareto front are in reports/hpo/summary.json
+HEADLINE = ("study", "best_trial", "best_value", "pruning_saved_share")
+HEADLINE_TRIALS = ("complete", "pruned", "failed")
+
+
 def tracked_metrics(metrics: dict) -> dict:
-    """metrics/hpo.json: what summarise() gives, less the wall-clock fields."""
+    """metrics/hpo.json: the headline keys of what summarise() gives (never a wall-clock field)."""
+    out = {k: metrics[k] for k in HEADLINE}
+    out["trials"] = {k: metrics["trials"][k] for k in HEADLINE_TRIALS}
+    if "pareto_front" in metrics:
+        out["pareto_front"] = metrics["pareto_front"]
+    return out
+
+
+def summary_json(metrics: dict) -> dict:
+    """reports/hpo/summary.json: everything summarise() gives, less the wall-clock fields."""
     return {k: v for k, v in metrics.items() if k not in WALL_CLOCK}
 
 
@@ -201,5 +216,26 @@ def write_all(study, params: Params, root: Path, url: str, wall_s: float | None)
     atomic.write_text(root / REPORTS / "summary.md", summary_md(study, params, metrics, imp, url))
     atomic.write_json(root / STORAGE_INFO, {"storage": st.redact(url), "study": study.study_name})
     atomic.write_text(root / BEST, best_text)
+    atomic.write_json(root / REPORTS / "summary.json", summary_json(metrics))
     atomic.write_json(root / METRICS, tracked_metrics(metrics))
+    return metrics
+
+
+DISABLED_HEAD = "# hpo.enabled is false: no study ran, and train uses params.yaml's values as they are\n"
+
+
+def write_disabled(root: Path) -> dict:
+    """The hpo stage with hpo.enabled false: every declared output, empty, in no time (the study storage is
+    left as it is, so enabling HPO again resumes the study it holds); returns metrics/hpo.json's content."""
+    root = Path(root)
+    (root / layout.HPO_STORAGE_DIR).mkdir(parents=True, exist_ok=True)
+    atomic.write_text(root / REPORTS / "trials.csv", "number,state,value\n")
+    atomic.write_text(root / REPORTS / "importance.csv", "param,importance\n")
+    atomic.write_text(root / REPORTS / "history.csv", "trial,value,best_value\n")
+    atomic.write_text(root / REPORTS / "summary.md", "# HPO\n\nDisabled (`hpo.enabled: false`): no study ran; "
+                      "train used params.yaml's values. `dvc exp run -S hpo.enabled=true` runs the study.\n")
+    metrics = {"enabled": False}
+    atomic.write_json(root / REPORTS / "summary.json", metrics)
+    atomic.write_text(root / BEST, DISABLED_HEAD + "{}\n")
+    atomic.write_json(root / METRICS, metrics)
     return metrics

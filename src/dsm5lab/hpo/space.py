@@ -83,23 +83,56 @@ def data_hash(prepared: Path) -> str:
     return h.hexdigest()
 
 
-def fingerprint(params: Params, data: str) -> str:
-    """What defines a study's objective: data, seed, the non-searched model/train values, space and objectives.
+def no_effect_keys(params: Params) -> tuple[str, ...]:
+    """model/train keys whose value cannot change a trial: early stopping's patience (and the min_delta that
+    only feeds it) when a trial validates once per epoch for a fixed number of epochs and patience >=
+    epochs - 1, so it could only stop a trial at its last validation, where the trial ends anyway."""
+    hpo = params.hpo
+    if "train.epochs" in hpo.search_space or any(k.startswith("train.early_stopping") for k in hpo.search_space):
+        return ()
+    epochs = int(hpo.trial_overrides.get("train.epochs", params.train.epochs))
+    every = hpo.trial_overrides.get("train.eval_every_steps", params.train.eval_every_steps)
+    patience = int(hpo.trial_overrides.get("train.early_stopping.patience", params.train.early_stopping.patience))
+    if every == 0 and patience >= epochs - 1:
+        return ("train.early_stopping.patience", "train.early_stopping.min_delta")
+    return ()
 
-    Searched keys are left out (every trial sets them), so `hpo promote` does not start a new study.
+
+def definition(params: Params) -> dict[str, Any]:
+    """What a trial can see, and so what defines a study (less the prepared data's hash).
+
+    The model/train values every trial starts from, less the searched keys (every trial sets them, so
+    `hpo promote` does not start a new study), the keys hpo.trial_overrides replaces (train.epochs is the
+    final model's, not a trial's), the operational keys and those without effect on a trial
+    (no_effect_keys); then the overrides, the selected space, the objectives and the numerics. The study
+    stage writes it to stages/study/definition.json, the hpo stage's dependency in place of model/train.
     """
     hpo = params.hpo
     base = params.model_dump(include={"seed", "model", "train"})
     derived = ("train.grad_accum_steps",) if "train.batch_size" in hpo.search_space else ()
-    for key in (*hpo.search_space, *OPERATIONAL, *derived):
+    for key in (*hpo.search_space, *OPERATIONAL, *derived, *hpo.trial_overrides, *no_effect_keys(params)):
         dotted.drop(base, key)
-    what = {
-        "data": data, "base": base, "trial_overrides": hpo.trial_overrides,
+    return json.loads(json.dumps({
+        "base": base, "trial_overrides": hpo.trial_overrides,
         "space": {k: v.model_dump() for k, v in hpo.search_space.items()},
         "objectives": [o.model_dump() for o in hpo.objectives], "cv": hpo.cv.model_dump(),
         "max_micro_batch": hpo.max_micro_batch, "numerics": params.numerics.model_dump(),
-    }
+    }, default=str))
+
+
+def fingerprint(params: Params, data: str) -> str:
+    """sha256 of the study definition and the prepared data's hash."""
+    what = {"data": data, **definition(params)}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def write_definition(params: Params, root: Path) -> Path:
+    """The study stage: stages/study/definition.json, sorted, so an unchanged definition is unchanged bytes."""
+    from dsm5lab import atomic, layout
+
+    path = Path(root) / layout.STUDY_DEFINITION
+    atomic.write_text(path, json.dumps(definition(params), sort_keys=True, indent=1) + "\n")
+    return path
 
 
 def study_name(params: Params, fp: str) -> str:

@@ -211,6 +211,8 @@ def run(params: Params, root: Path = Path("."), echo: Echo = _quiet) -> dict:
     from dsm5lab.tracking import Tracker, TrackingSettings
 
     root = Path(root)
+    if not params.hpo.enabled:
+        return report.write_disabled(root)
     _check_objectives(params)
     _check_backbones(params)
     url = storage_url(params, root)
