@@ -208,12 +208,19 @@ def hpo_project(tmp_path_factory):
     from conftest import run_in
 
     root = make_project(tmp_path_factory.mktemp("hpo"))
-    run_in(root, "hpo", "run")
+    HPO_OUTPUT.append(run_in(root, "hpo", "run").output)
     return root
+
+
+HPO_OUTPUT: list[str] = []  # what the fixture's `hpo run` printed
 
 
 def test_stage_writes_every_output(hpo_project):
     root = hpo_project
+    # a line per trial, and a line per validation of each trial (2 epochs), on no terminal under CI
+    lines = HPO_OUTPUT[0].splitlines()
+    assert [n for n in range(3) if any(x.startswith(f"hpo: trial {n} COMPLETE: value ") for x in lines)] == [0, 1, 2]
+    assert sum(x.startswith("hpo: trial 1: epoch ") for x in lines) == 2, HPO_OUTPUT[0]
     metrics = json.loads((root / "metrics/hpo.json").read_text())
     assert metrics["trials"]["complete"] == 3
     summary = json.loads((root / "reports/hpo/summary.json").read_text())
@@ -437,3 +444,22 @@ def test_disabled_hpo_stage_writes_every_declared_output_empty(tmp_path, monkeyp
     assert not (root / "stages/hpo/storage/study.db").exists()  # no study was created
     promote = cli("hpo", "promote")
     assert promote.exit_code == 2 and "holds no values to promote" in promote.output
+
+
+def test_each_trial_leaves_one_line_with_state_value_params_and_seconds():
+    import datetime
+
+    from dsm5lab.hpo.study import trial_line
+
+    dist = {"train.learning_rate": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+            "model.pooling": optuna.distributions.CategoricalDistribution(["mean", "cls"])}
+    params = {"train.learning_rate": 0.00234567, "model.pooling": "mean"}
+    done = optuna.trial.create_trial(value=0.51234, params=params, distributions=dist)
+    done.number, done.datetime_start = 4, datetime.datetime(2026, 1, 1, 0, 0, 0)
+    done.datetime_complete = done.datetime_start + datetime.timedelta(seconds=41.25)
+    assert trial_line(done, optuna.trial.TrialState.PRUNED) == \
+        "hpo: trial 4 COMPLETE: value 0.5123 | train.learning_rate=0.002346, model.pooling=mean | 41.2 s"
+    pruned = optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params=params, distributions=dist,
+                                       intermediate_values={0: 0.3, 1: 0.25})
+    line = trial_line(pruned, optuna.trial.TrialState.PRUNED)
+    assert "PRUNED at report 1: value 0.2500 (last report)" in line

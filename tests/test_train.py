@@ -95,7 +95,7 @@ def _forward_backward(root: Path, overrides: list[str]) -> None:
 def test_cli_train_end_to_end_learns(workdir, cli):
     """210 training posts, the default tiny model: validation macro-F1 well above the label-blind chance level."""
     args = sets(["data.synthetic.n_posts=300", "model.max_chunks=2", "train.epochs=16",
-                 "train.early_stopping.patience=4", "train.learning_rate=0.005"])
+                 "train.early_stopping.patience=4", "train.learning_rate=0.005", "hpo.enabled=false"])
     assert cli("prepare", *args).exit_code == 0
     # a fresh process, as `dvc repro` runs it: numerics.cpu_isa pins MKL and ATen before either starts. In this
     # pytest process earlier tests have already initialised them unpinned, which gave 0.270 instead of 0.305
@@ -115,6 +115,11 @@ def test_cli_train_end_to_end_learns(workdir, cli):
     assert config["validation"]["val/macro_f1"] == pytest.approx(metrics["val"]["macro_f1"], abs=1e-6)
     assert Path("reports/train/live/plots/metrics/val/macro_f1.tsv").is_file()
     assert Path("reports/train/live/plots/metrics/train/loss.tsv").is_file()
+    assert Path("reports/train/live/plots/metrics/train/loss_mean.tsv").is_file()  # the smoothed curve
+    # stderr was a pipe (as a log file, nohup or `dvc queue logs`): one line per epoch stayed
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("train: epoch ")]
+    assert len(lines) == metrics["epochs_run"], proc.stderr[-3000:]
+    assert lines[0].startswith("train: epoch 1/16 step ") and "train loss" in lines[0] and "macro_f1" in lines[0]
 
 
 def _weights(path: Path) -> dict:
@@ -299,3 +304,34 @@ def test_reported_best_is_the_exported_checkpoint(project):
     assert report["best_step"] == int(result.best_checkpoint.name.split("-")[1])
     entry = next(h for h in result.history if h["step"] == report["best_step"])
     assert report["val"]["score"] == pytest.approx(entry["val/score"], abs=1e-6)
+
+
+def test_each_validation_leaves_one_line_whatever_stderr_is(project, cli):
+    """CliRunner's stderr is no terminal and CI is true: the per-epoch lines still come, the bars do not."""
+    result = cli("train", *sets(TINY + ["train.epochs=3", "train.eval_every_steps=5", "train.early_stopping.patience=100"]))
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("train: epoch ")]
+    history = json.loads(Path("metrics/train.json").read_text())
+    assert len(lines) >= 3 and lines[-1].startswith("train: epoch 3/3 step " + str(history["steps"]) + ":")
+    mid = [line for line in lines if " batches) step " in line]
+    assert mid and all(" | val loss " in line and line.endswith(" s") for line in lines), lines
+    assert "epoch 1/3" not in result.output.replace("train: epoch 1/3", "")  # no bar text
+
+
+def test_loss_means_weigh_groups_and_drop_a_redone_step():
+    from dsm5lab.training.loop import _LossMeans
+
+    m = _LossMeans(torch.device("cpu"))
+    m.new_epoch()
+    m.add(torch.tensor(1.0), 3)
+    m.add(torch.tensor(3.0), 1)
+    m.end_step()  # step 1: (3*1 + 1*3) / 4 = 1.5
+    m.add(torch.tensor(100.0), 4)
+    m.drop_step()  # an out-of-memory: the step is redone
+    m.add(torch.tensor(2.5), 4)
+    m.end_step()
+    assert m.epoch_mean() == pytest.approx((6 + 10) / 8)
+    assert m.window_mean() == pytest.approx(2.0)
+    assert np.isnan(m.window_mean())  # read once: the window starts again
+    m.new_epoch()
+    assert m.epoch_mean() is None

@@ -159,6 +159,19 @@ def bound_pool(study, ctx: StudyContext, echo: Echo = _quiet) -> dict:
     return done
 
 
+def trial_line(trial, pruned_state) -> str:
+    """`hpo: trial 3 PRUNED at report 1: value 0.4123 | train.learning_rate=0.0021, model.pooling=mean | 41.2 s`."""
+    values = ", ".join(f"{v:.4f}" for v in trial.values) if trial.values else "none"
+    step = max(trial.intermediate_values) if trial.intermediate_values else None
+    extra = f" at report {step}" if trial.state == pruned_state and step is not None else ""
+    if trial.state == pruned_state and not trial.values and step is not None:
+        values = f"{trial.intermediate_values[step]:.4f} (last report)"
+    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+    seconds = trial.duration.total_seconds() if trial.duration is not None else trial.user_attrs.get("seconds")
+    return (f"hpo: trial {trial.number} {trial.state.name}{extra}: value {values} | {shown or 'no params'}"
+            + (f" | {seconds:.1f} s" if seconds is not None else ""))
+
+
 def optimize(study, ctx: StudyContext, echo: Echo = _quiet) -> None:
     """Run trials in this process until the study has hpo.n_trials finished ones (or the timeout)."""
     import optuna
@@ -172,10 +185,7 @@ def optimize(study, ctx: StudyContext, echo: Echo = _quiet) -> None:
         return
 
     def after_trial(study, trial) -> None:
-        value = trial.values if trial.values is None or len(trial.values) > 1 else trial.values[0]
-        step = max(trial.intermediate_values) if trial.intermediate_values else None
-        extra = f" at report {step}" if trial.state == optuna.trial.TrialState.PRUNED else ""
-        echo(f"hpo: trial {trial.number} {trial.state.name}{extra} value={value} params={trial.params}")
+        echo(trial_line(trial, optuna.trial.TrialState.PRUNED))
         bound_pool(study, ctx, echo)
         if st.finished_count(study) >= hpo.n_trials:
             study.stop()

@@ -128,13 +128,14 @@ def run_trial(trial, ctx: StudyContext) -> float | list[float]:
             child = tracker.child(f"{settings.run_name}/{name}") if cv else None
             paths = RunPaths(prepared=prepared, checkpoints=run_dir / name if cv else run_dir)
             try:
+                label = f"hpo: trial {trial.number}" + (f" {name}" if cv else "")
                 if child is None:
                     result = fit(build_run(tp, paths, train_ids=train_ids, val_ids=val_ids), tracker,
-                                 on_validation=reporter)
+                                 on_validation=reporter, label=label)
                 else:
                     with child:  # a fold that fails to build still gets its MLflow run and run_end event
                         result = fit(build_run(tp, paths, train_ids=train_ids, val_ids=val_ids), child,
-                                     on_validation=reporter)
+                                     on_validation=reporter, label=label)
             except optuna.TrialPruned as exc:
                 epochs_run += reporter.epochs
                 stopped = exc

@@ -21,7 +21,7 @@ from dsm5lab.device import autocast_for
 from dsm5lab.dotted import flatten
 from dsm5lab.errors import UserError
 from dsm5lab.metrics import chance_macro_f1
-from dsm5lab.progress import progress
+from dsm5lab.progress import progress, say
 from dsm5lab.pool.policy import mode_for
 from dsm5lab.training.batch_probe import is_oom, release_memory
 from dsm5lab.training.inference import predict, validation_metrics
@@ -52,8 +52,12 @@ class TrainResult:
     system: dict = field(default_factory=dict)
 
 
-def fit(run: Run, tracker, on_validation: OnValidation | None = None) -> TrainResult:
+def fit(run: Run, tracker, on_validation: OnValidation | None = None, label: str | None = None) -> TrainResult:
     """Train the run; validate, checkpoint and stop early. The best checkpoint is `result.best_checkpoint`.
+
+    With a `label` (the train stage, an HPO trial), each validation also prints one line to stderr,
+    terminal or not: where it is, the running mean of the training loss since the epoch began, the
+    validation metrics and the seconds the epoch took so far (progress.say).
 
     An out-of-memory in a forward or backward pass halves the micro-batch and redoes its optimizer
     step from the step's first micro-batch (see `_halve_micro_batch`).
@@ -65,9 +69,11 @@ def fit(run: Run, tracker, on_validation: OnValidation | None = None) -> TrainRe
     start_epoch, skip = s.epoch, s.batch_in_epoch
     if skip >= run.batches_per_epoch:  # the checkpoint closed its epoch
         start_epoch, skip = start_epoch + 1, 0
+    losses = _LossMeans(run.device)
     for epoch in range(start_epoch, t.epochs):
         order = run.epoch_order(epoch)
-        tick = time.perf_counter()
+        tick = epoch_start = time.perf_counter()
+        losses.new_epoch()
         restart: int | None = skip
         while restart is not None:  # once per pass; an out-of-memory starts another at its step's first batch
             pieces = split_micro_batches(order, restart, s.micro_splits)
@@ -91,12 +97,14 @@ def fit(run: Run, tracker, on_validation: OnValidation | None = None) -> TrainRe
                     # it has; a micro-batch run in pieces weighs each piece by its share of the groups
                     window = min(s.accumulation, len(order) - (bi // s.accumulation) * s.accumulation)
                     run.scaler.scale(loss * (len(idx) / len(order[bi])) / window).backward()
+                    losses.add(loss, len(idx))
                 except Exception as exc:  # noqa: BLE001 - only an out-of-memory is handled here
                     if not is_oom(exc):
                         raise
                     _check_can_halve(run, epoch, len(idx), exc)
                     out = loss = parts = None  # a failed backward's graph pins its activations
                     restart, failed = step_start.batch, len(idx)
+                    losses.drop_step()
                     break
                 s.train_groups += len(idx)
                 s.train_tokens += int(batch["attention_mask"].sum())
@@ -111,13 +119,17 @@ def fit(run: Run, tracker, on_validation: OnValidation | None = None) -> TrainRe
                 run.scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 s.step += 1
+                losses.end_step()
                 if s.step % t.log_every_steps == 0:
                     lr = run.scheduler.get_last_lr()[0]
-                    tracker.log_metrics({"train/loss": loss.item(), "train/lr": lr,
+                    # loss: the step's last micro-batch (spiky); loss_mean: every group since the last log
+                    tracker.log_metrics({"train/loss": loss.item(), "train/loss_mean": losses.window_mean(),
+                                         "train/lr": lr,
                                          **{f"train/loss_{k}": v.item() for k, v in parts.items()}}, step=s.step)
                 if t.eval_every_steps and s.step % t.eval_every_steps == 0 and not last_in_epoch:
                     s.train_seconds += time.perf_counter() - tick
                     stopped = validate_and_checkpoint(run, tracker, epoch, bi + 1, on_validation)
+                    _say_validation(label, run, epoch, bi + 1, losses, time.perf_counter() - epoch_start)
                     tick = time.perf_counter()
                     if stopped:
                         break
@@ -127,10 +139,69 @@ def fit(run: Run, tracker, on_validation: OnValidation | None = None) -> TrainRe
         if stopped:
             break
         s.train_seconds += time.perf_counter() - tick
-        if validate_and_checkpoint(run, tracker, epoch, len(order), on_validation):
+        done = validate_and_checkpoint(run, tracker, epoch, len(order), on_validation)
+        _say_validation(label, run, epoch, len(order), losses, time.perf_counter() - epoch_start)
+        if done:
             stopped = True
             break
     return _result(run, stopped, system)
+
+
+class _LossMeans:
+    """Group-weighted means of the training loss: over the epoch so far, and since the last log step.
+
+    Sums stay on the device (no sync per batch); a step redone after an out-of-memory drops its part.
+    """
+
+    def __init__(self, device) -> None:
+        self.device = device
+        self.epoch = self.window = self.step = None
+        self.epoch_n = self.window_n = self.step_n = 0
+
+    def _zero(self):
+        return torch.zeros((), dtype=torch.float64, device=self.device)
+
+    def new_epoch(self) -> None:
+        self.epoch, self.epoch_n = self._zero(), 0
+        self.step, self.step_n = self._zero(), 0
+        if self.window is None:
+            self.window, self.window_n = self._zero(), 0
+
+    def add(self, loss, groups: int) -> None:
+        self.step += loss.detach().double() * groups
+        self.step_n += groups
+
+    def drop_step(self) -> None:
+        self.step, self.step_n = self._zero(), 0
+
+    def end_step(self) -> None:
+        self.epoch += self.step
+        self.window += self.step
+        self.epoch_n += self.step_n
+        self.window_n += self.step_n
+        self.drop_step()
+
+    def epoch_mean(self) -> float | None:
+        return float(self.epoch) / self.epoch_n if self.epoch_n else None
+
+    def window_mean(self) -> float:
+        mean = float(self.window) / self.window_n if self.window_n else float("nan")
+        self.window, self.window_n = self._zero(), 0
+        return mean
+
+
+def _say_validation(label: str | None, run: Run, epoch: int, batch_in_epoch: int, losses: _LossMeans,
+                    seconds: float) -> None:
+    """`train: epoch 2/10 step 120: loss 0.4123 (epoch mean) | val loss 0.39, macro_f1 0.5012 ... | 12.3 s`."""
+    if label is None:
+        return
+    t, s = run.params.train, run.state
+    where = f"epoch {epoch + 1}/{t.epochs}" + (f" ({batch_in_epoch}/{run.batches_per_epoch} batches)"
+                                                if batch_in_epoch < run.batches_per_epoch else "")
+    mean = losses.epoch_mean()
+    val = ", ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in s.history[-1].items() if k.startswith("val/"))
+    say(f"{label}: {where} step {s.step}: train loss {mean:.4f} (epoch mean) | val {val} | {seconds:.1f} s"
+        if mean is not None else f"{label}: {where} step {s.step}: val {val} | {seconds:.1f} s")
 
 
 def split_micro_batches(order: list[list[int]], start: int, splits: int) -> list[tuple]:

@@ -44,7 +44,7 @@ def run(params: Params, root: Path = Path("."), resume: bool = False, run_name: 
     )
     with Tracker(settings) as tracker:
         run = build_run(params, paths, resume=resume)
-        result = fit(run, tracker)
+        result = fit(run, tracker, label="train")
         export_best(run, result, model_out)
         report = summary(result)
         tracker.log_summary({f"best/{k}": v for k, v in report["val"].items()})
