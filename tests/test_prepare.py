@@ -79,6 +79,28 @@ def test_metrics_file_holds_the_headline_few_and_stats_hold_every_count(default_
     assert m["aligned_share"] == stats["alignment"]["aligned_share"]
     w = stats["windows"]["train"]
     assert m["evidence_unread_share"] == round(w["evidence_unread"] / w["evidence"], 4)
+    assert m["warnings"] == len(stats["warnings"]) == 0  # the default data is not weak
+
+
+def test_weak_data_gets_one_warning_line_each_in_the_summary_and_the_metrics(workdir, cli):
+    import pandas as pd
+
+    assert cli("synth", "--out", "bundle", "--set", "data.synthetic.n_posts=60").exit_code == 0
+    ann = pd.read_csv("bundle/redsm5_annotations.csv")
+    ann.loc[ann.index[: int(len(ann) * 0.9)], "sentence_text"] = "words that appear in no post at all"
+    ann.to_csv("bundle/redsm5_annotations.csv", index=False)
+    result = cli("prepare", "--set", "data.source=csv", "--set", "data.csv_dir=bundle")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("warning: prepare: ")]
+    assert len(lines) == 1 and "aligned share" in lines[0] and "is under 90%" in lines[0], result.output
+    stats = json.loads(Path("reports/prepare/stats.json").read_text())
+    assert json.loads(Path("metrics/prepare.json").read_text())["warnings"] == 1
+    assert stats["warnings"] == [lines[0].removeprefix("warning: prepare: ")]
+    # 20 posts cannot keep every criterion in every split at 0.7 / 0.1 / 0.2
+    result = cli("prepare", "--set", "data.synthetic.n_posts=20")
+    assert result.exit_code == 0, result.output
+    assert "warning: prepare: split ratios had to change: asked train 0.70 / val 0.10 / test 0.20, got " \
+        in result.output
 
 
 def test_synthetic_statistics_match_redsm5_through_the_loader(default_run):

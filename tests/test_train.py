@@ -335,3 +335,12 @@ def test_loss_means_weigh_groups_and_drop_a_redone_step():
     assert np.isnan(m.window_mean())  # read once: the window starts again
     m.new_epoch()
     assert m.epoch_mean() is None
+
+
+def test_a_model_at_or_below_chance_gets_one_warning_line_and_a_metric(project, cli):
+    result = cli("train", *sets(TINY + ["train.epochs=1", "train.learning_rate=1e-7"]))
+    assert result.exit_code == 0, result.output
+    report = json.loads(Path("metrics/train.json").read_text())
+    assert report["val"]["macro_f1"] <= report["val_chance_macro_f1"]
+    lines = [line for line in result.output.splitlines() if line.startswith("warning: train: ")]
+    assert len(lines) == 1 and "is at or below chance" in lines[0] and report["warnings"] == 1, result.output

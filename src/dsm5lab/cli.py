@@ -114,6 +114,8 @@ def prepare(
         + ", ".join(f"{k} {v}" for k, v in prep.metrics["rejected"].items())
     )
     typer.echo(f"windows: {stage.windows_line(prep.metrics['windows'])}")
+    for line in prep.metrics["warnings"]:
+        typer.echo(f"warning: prepare: {line}", err=True)
 
 
 @app.command()
@@ -157,6 +159,8 @@ def train(
     )
     tp = result.throughput
     typer.echo(f"throughput: {tp['samples_per_s']:.1f} samples/s, {tp['tokens_per_s']:.0f} tokens/s")
+    for line in stage.warnings(report):
+        typer.echo(f"warning: train: {line}", err=True)
 
 
 @app.command()

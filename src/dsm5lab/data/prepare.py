@@ -209,6 +209,7 @@ def build(params: Params) -> Prepared:
     ann = ann.join(where, on="post_id")
     metrics = compute_metrics(prep_posts, sentences, ann, bundle, conflicts, cfg.n_folds)
     metrics["windows"] = coverage.count(params, prep_posts, sentences, [c.description for c in criteria])
+    metrics["warnings"] = warnings(metrics, cfg.split.model_dump())
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "origin": bundle.origin,
@@ -267,6 +268,30 @@ def write(prep: Prepared, root: Path) -> None:
     atomic.write_json(root / layout.PREPARE_METRICS, headline(prep.metrics))
 
 
+MIN_ALIGNED_SHARE = 0.90  # below it, most of the evidence the bundle annotates is not where training looks
+MAX_SPLIT_DRIFT = 0.05  # realised minus requested share of posts in a split, absolute
+
+
+def warnings(stats: dict, ratios: dict[str, float]) -> list[str]:
+    """One line per thing about the data a user should know before trusting a number trained on it."""
+    out = []
+    a = stats["alignment"]
+    if a["aligned_share"] < MIN_ALIGNED_SHARE:
+        total = sum(a[m] for m in METHODS)
+        out.append(f"aligned share {a['aligned_share']:.1%} is under {MIN_ALIGNED_SHARE:.0%}: {a['unaligned']} of "
+                   f"{total} annotations were not found in their post's text, so their evidence is neither trained "
+                   "nor scored (check the bundle's sentence_text against the posts, or prepare.alignment."
+                   "fuzzy_threshold)")
+    posts = stats["posts"]
+    want = {s: ratios[s] / sum(ratios.values()) for s in SPLITS}
+    got = {s: posts[s] / max(posts["total"], 1) for s in SPLITS}
+    if any(abs(got[s] - want[s]) > MAX_SPLIT_DRIFT for s in SPLITS):
+        out.append("split ratios had to change: asked " + " / ".join(f"{s} {want[s]:.2f}" for s in SPLITS)
+                   + ", got " + " / ".join(f"{got[s]:.2f}" for s in SPLITS) + f" of {posts['total']} posts "
+                   "(every criterion is kept in every split, which moves posts when the data is small)")
+    return out
+
+
 def headline(stats: dict) -> dict:
     """metrics/prepare.json: the few numbers `dvc exp show` needs (posts per split, the aligned share and the
     share of train evidence training cannot read); every count is in reports/prepare/stats.json."""
@@ -274,6 +299,7 @@ def headline(stats: dict) -> dict:
     train = stats["windows"].get("train")
     if train and train["evidence"]:
         out["evidence_unread_share"] = round(train["evidence_unread"] / train["evidence"], 4)
+    out["warnings"] = len(stats["warnings"])
     return out
 
 

@@ -26,7 +26,18 @@ def summary(result) -> dict:
     }
     if result.chance_macro_f1 is not None:
         out["val_chance_macro_f1"] = round(result.chance_macro_f1, 6)
+    out["warnings"] = len(warnings(out))
     return out
+
+
+def warnings(report: dict) -> list[str]:
+    """One line per reason not to trust the model: its best validation macro-F1 at or below chance."""
+    f1, chance = report["val"].get("macro_f1"), report.get("val_chance_macro_f1")
+    if f1 is not None and chance is not None and f1 <= chance:
+        return [f"the best validation macro_f1 {f1:.4f} is at or below chance ({chance:.4f}, marking every "
+                "criterion present, the best label-blind guess): the model learned nothing usable; check the learning rate, the "
+                "epochs and the data before reading its test numbers"]
+    return []
 
 
 def run(params: Params, root: Path = Path("."), resume: bool = False, run_name: str = layout.TRAIN_RUN):
