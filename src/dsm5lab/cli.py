@@ -11,8 +11,19 @@ from pathlib import Path
 from typing import Annotated, Callable
 
 import typer
+from typer.core import TyperOption
 
 from dsm5lab.layout import HPO_BEST, RETAINED
+
+_option_type = TyperOption.display_type_rich
+
+
+def _flag_type(self: TyperOption, ctx) -> str | None:
+    """A flag takes no value, so its help row shows none (typer 0.29 shows a `<bool>` placeholder)."""
+    return None if self.is_flag else _option_type(self, ctx)
+
+
+TyperOption.display_type_rich = _flag_type
 
 app = typer.Typer(
     name="dsm5lab",
