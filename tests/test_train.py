@@ -344,3 +344,14 @@ def test_a_model_at_or_below_chance_gets_one_warning_line_and_a_metric(project, 
     assert report["val"]["macro_f1"] <= report["val_chance_macro_f1"]
     lines = [line for line in result.output.splitlines() if line.startswith("warning: train: ")]
     assert len(lines) == 1 and "is at or below chance" in lines[0] and report["warnings"] == 1, result.output
+
+
+def test_patience_running_out_at_the_last_epoch_is_not_an_early_stop(project):
+    from dsm5lab.training import stage
+
+    # min_delta 0.5: no validation after the first counts as better, so patience 1 runs out at each one
+    over = ["train.early_stopping.min_delta=0.5", "train.early_stopping.patience=1"]
+    result, report = stage.run(load_params("params.yaml", TINY + ["train.epochs=2", *over]), Path("."))
+    assert result.stopped_early and report["epochs_run"] == 2 and report["stopped_early"] is False
+    result, report = stage.run(load_params("params.yaml", TINY + ["train.epochs=3", *over]), Path("."))
+    assert report["epochs_run"] == 2 and report["stopped_early"] is True and report["best_epoch"] == 1

@@ -8,11 +8,12 @@ from dsm5lab import atomic, layout
 from dsm5lab.config import Params
 
 
-def summary(result) -> dict:
-    """metrics/train.json: the best validation numbers and how the run went.
+def summary(result, epochs: int) -> dict:
+    """metrics/train.json: the best validation numbers and how the run went (epochs counted from 1).
 
     Only deterministic values: the file is a DVC metric compared across commits, so wall-clock
-    throughput goes to the run's event log and stdout instead.
+    throughput goes to the run's event log and stdout instead. `stopped_early` means that early
+    stopping saved epochs: patience running out at the last of `epochs` is not an early stop.
     """
     best = {k.split("/", 1)[1]: round(v, 6) for k, v in result.best.items() if k.startswith("val/")}
     out = {
@@ -21,7 +22,7 @@ def summary(result) -> dict:
         "best_epoch": (result.best.get("epoch", -1) + 1) if result.best else None,
         "epochs_run": result.epochs_run,
         "steps": result.steps,
-        "stopped_early": result.stopped_early,
+        "stopped_early": bool(result.stopped_early and result.epochs_run < epochs),
         "n_parameters": result.n_parameters,
     }
     if result.chance_macro_f1 is not None:
@@ -57,7 +58,7 @@ def run(params: Params, root: Path = Path("."), resume: bool = False, run_name: 
         run = build_run(params, paths, resume=resume)
         result = fit(run, tracker, label="train")
         export_best(run, result, model_out)
-        report = summary(result)
+        report = summary(result, params.train.epochs)
         tracker.log_summary({f"best/{k}": v for k, v in report["val"].items()})
         tracker.event("throughput", **result.throughput)
         if model_out.exists():
