@@ -81,6 +81,16 @@ def _load(params: Path, overrides: list[str] | None):
     return load_params(params, overrides or [])
 
 
+def _with_study(cfg):
+    """cfg with the study's best trial applied when hpo.enabled (hpo/best.py), saying so on stderr."""
+    from dsm5lab.hpo import best
+
+    cfg, lines = best.apply(cfg, Path("."))
+    for line in lines:
+        typer.echo(line, err=True)
+    return cfg
+
+
 def _load_pinned(params: Path, overrides: list[str] | None):
     """Params of a command that computes with torch, with CPU dispatch pinned (numerics.cpu_isa) before it does."""
     from dsm5lab.numerics import pin
@@ -152,13 +162,10 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="continue from the last checkpoint of the run.")] = False,
 ) -> None:
     """Train the model params.yaml describes on stages/prepare; write stages/train/model and metrics/train.json."""
-    from dsm5lab.hpo import best
     from dsm5lab.models.catalog import pretrained_lr_warning
     from dsm5lab.training import stage
 
-    cfg, lines = best.apply(_load_pinned(params, set_), Path("."))
-    for line in lines:
-        typer.echo(line, err=True)
+    cfg = _with_study(_load_pinned(params, set_))
     if warning := pretrained_lr_warning(cfg):
         typer.echo(warning, err=True)
     result, report = stage.run(cfg, Path("."), resume=resume)
@@ -599,11 +606,8 @@ def gate_calibrate(
 ) -> None:
     """Measure each gated metric's spread over training seeds (train + evaluate each) and write it into gate.yaml."""
     from dsm5lab.calibrate import calibrate
-    from dsm5lab.hpo import best
 
-    cfg, lines = best.apply(_load_pinned(params, set_), Path("."))  # the params the train stage trains with
-    for line in lines:
-        typer.echo(line, err=True)
+    cfg = _with_study(_load_pinned(params, set_))  # the params the train stage trains with
     out = calibrate(cfg, Path("."), gate_file, seeds)
     rows = [(Path(f).stem, k, f"{t['seed_spread']['mean']:.4f}", f"{t['seed_spread']['std']:.4f}",
              f"{t['seed_spread']['range']:.4f}", f"{t['seed_tolerance']:g}")
