@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test lock clean exps
+.PHONY: install run test lock clean exps plots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ EXP_PARAMS := seed|data\.(source|synthetic\.n_posts)|model\.(backbone|pooling)|t
 EXP_METRICS := val\.(macro_f1|sentence_macro_f1)|test\.macro_f1|paper\.macro_f1|evidence\.sentence_macro_f1|best_value|reduction_pct
 exps:
 	@dvc exp show --drop '.*' --keep '^(Experiment|rev|Created|State)$$|^($(EXP_PARAMS))$$|^($(EXP_METRICS))$$' $(EXP_ARGS)
+
+# The DVC plots as reports/plots/index.html, which renders offline (no CDN), and static SVG/PNG per plot.
+# Compare revisions with PLOTS_ARGS, e.g. make plots PLOTS_ARGS=main.
+plots: install
+	@$(BIN)/dsm5lab plots $(PLOTS_ARGS)
 
 # Re-resolve the lock from pyproject.toml in a scratch venv (needs the package registry).
 lock:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import browser
 from conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -140,10 +141,17 @@ def test_repro_then_status_is_clean_and_reproduces_the_lock(clone):
     assert (repo / "stages/train/model/model.safetensors").is_file()
     evaluation = json.loads((repo / "metrics/evaluate.json").read_text())
     assert evaluation["paper"]["macro_f1"] > train["val_chance_macro_f1"]
-    sh("dvc", "plots", "show", "-o", "plots-html", cwd=repo, env=env)
-    html = (repo / "plots-html" / "index.html").read_text()
-    for plot_id in ("confusion", "roc", "precision_recall", "calibration", "train_loss", "validation"):
+    # the pipeline's own plots: the offline page, drawn in a real browser with no network, and static files
+    said = sh("dsm5lab", "plots", cwd=repo, env=env)
+    assert "12 plots" in said, said
+    html = (repo / "reports/plots/index.html").read_text()
+    for plot_id in ("hpo_history", "confusion", "roc", "precision_recall", "calibration", "train_loss", "validation"):
         assert f"vegaEmbed('#{plot_id}'" in html, plot_id
+        assert (repo / "reports/plots/static" / f"{plot_id}.svg").stat().st_size > 1000, plot_id
+    states = browser.rendered_divs(browser.dump_dom(repo / "reports/plots/index.html", repo.parent / "profile"))
+    assert len(states) == 12 and set(states.values()) == {"yes"}, states
+    browser.screenshot(repo / "reports/plots/index.html", ROOT / "reports/ui/plots-pipeline.png",
+                       repo.parent / "profile2")
     hpo = json.loads((repo / "metrics/hpo.json").read_text())
     assert hpo["trials"]["complete"] >= 1 and (repo / "stages/hpo/best_params.yaml").is_file()
     check_retention(repo, env, hpo["study"])

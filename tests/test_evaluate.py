@@ -52,8 +52,9 @@ def test_report_validates_and_every_output_exists(project):
     assert set(errors["error"]) <= {"false_positive", "false_negative"}
     assert "| criterion | threshold |" in Path("reports/evaluate/summary.md").read_text()
     plots = Path("reports/evaluate/plots")
-    assert (plots / "confusion.csv").is_file() and (plots / "calibration.csv").is_file()
-    assert len(list((plots / "roc").glob("*.csv"))) == 9 and len(list((plots / "pr").glob("*.csv"))) == 9
+    assert sorted(p.name for p in plots.iterdir()) == ["calibration.csv", "confusion.csv", "pr.csv", "roc.csv"]
+    conf = pd.read_csv(plots / "confusion.csv")  # a 2x2 per criterion over every test post
+    assert (conf.groupby("criterion")["count"].sum() == report["splits"]["test"]).all() and len(conf) == 36
     config = json.loads(Path("stages/evaluate/model/config.json").read_text())
     assert config["thresholds"] == report["criteria"]["thresholds"]["values"]
     assert json.loads(Path("stages/train/model/config.json").read_text())["thresholds"]["FATIGUE"] == 0.5

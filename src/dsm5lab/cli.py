@@ -449,6 +449,22 @@ def bench(
     typer.echo((out / "bench.md").read_text())
 
 
+@app.command()
+@user_errors
+def plots(
+    revs: Annotated[list[str] | None, typer.Argument(
+        help="git revisions or DVC experiments to compare (as `dvc plots diff`); none: the workspace.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="folder for index.html and static/.")] = Path("reports/plots"),
+    png: Annotated[bool, typer.Option("--png/--no-png", help="also write PNG beside each SVG.")] = True,
+) -> None:
+    """The DVC plots as a page that renders offline (no CDN) plus static SVG/PNG per plot, for reports and PRs."""
+    from dsm5lab.plots import render
+
+    done = render(Path("."), out, list(revs or []), png=png)
+    typer.echo(f"{len(done['plots'])} plots: open {done['page']} in a browser (works offline); "
+               f"SVG{'/PNG' if png else ''} in {done['static']}")
+
+
 tracking_app = typer.Typer(help="Tracking utilities.", no_args_is_help=True)
 app.add_typer(tracking_app, name="tracking")
 

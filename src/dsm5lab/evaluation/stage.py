@@ -106,21 +106,38 @@ def headline(report: dict) -> dict:
 
 
 def plot_frames(test, thresholds: list[float], bins: int) -> dict[str, pd.DataFrame]:
-    """Data for the DVC plots: one combined confusion view, ROC and PR per criterion, calibration."""
-    from dsm5lab.metrics import calibration_bins, pr_curve, roc_curve
+    """Data for the DVC plots (templates in .dvc/plots): per-criterion confusion counts, ROC and PR curves in
+    one file each (a `curve` column names the criterion with its AUC or AP, so every criterion gets its own
+    colour and legend entry), and the pooled calibration table."""
+    from dsm5lab.data.criteria import EXPECTED_IDS
+    from dsm5lab.metrics import auroc, average_precision, calibration_bins, pr_curve, roc_curve
+
+    def named(c: int, what: str, value: float | None) -> str:  # "A.1 DEPRESSED_MOOD (AUC 0.91)": DSM-5 order
+        return f"{EXPECTED_IDS[c]} {SYMPTOMS[c]} ({what} {'n/a' if value is None else f'{value:.2f}'})"
 
     frames: dict[str, pd.DataFrame] = {}
     pred = test.prob >= np.asarray(thresholds)
-    yes = np.array(["no", "yes"])
-    frames["confusion.csv"] = pd.DataFrame({
-        "actual": [f"{SYMPTOMS[c]}={yes[int(test.gold[i, c])]}" for i in range(len(pred)) for c in range(9)],
-        "predicted": [f"{SYMPTOMS[c]}={yes[int(pred[i, c])]}" for i in range(len(pred)) for c in range(9)],
-    })
+    gold = test.gold.astype(bool)
+    rows = []
     for c, name in enumerate(SYMPTOMS):
-        roc = roc_curve(test.gold[:, c], test.prob[:, c])
-        pr = pr_curve(test.gold[:, c], test.prob[:, c])
-        frames[f"roc/{name}.csv"] = pd.DataFrame({"fpr": roc["fpr"], "tpr": roc["tpr"]}).dropna()
-        frames[f"pr/{name}.csv"] = pd.DataFrame({"recall": pr["recall"], "precision": pr["precision"]}).dropna()
+        g, p = gold[:, c], pred[:, c]
+        for actual, predicted, outcome, hit in (("yes", "yes", "TP", g & p), ("no", "yes", "FP", ~g & p),
+                                                ("yes", "no", "FN", g & ~p), ("no", "no", "TN", ~g & ~p)):
+            rows.append({"criterion": f"{EXPECTED_IDS[c]} {name}", "actual": actual, "predicted": predicted,
+                         "outcome": outcome, "count": int(hit.sum())})
+    frames["confusion.csv"] = pd.DataFrame(rows)
+    roc_parts, pr_parts = [], []
+    for c, name in enumerate(SYMPTOMS):
+        y, score = test.gold[:, c], test.prob[:, c]
+        roc, pr = roc_curve(y, score), pr_curve(y, score)
+        # `point`: the order along the curve (a line sorted by x alone can run a vertical step backwards)
+        roc_parts.append(pd.DataFrame({"criterion": name, "curve": named(c, "AUC", auroc(y, score)),
+                                       "point": range(len(roc["fpr"])), "fpr": roc["fpr"], "tpr": roc["tpr"]}))
+        pr_parts.append(pd.DataFrame({"criterion": name, "curve": named(c, "AP", average_precision(y, score)),
+                                      "point": range(len(pr["recall"])), "recall": pr["recall"],
+                                      "precision": pr["precision"]}))
+    frames["roc.csv"] = pd.concat(roc_parts, ignore_index=True).dropna()
+    frames["pr.csv"] = pd.concat(pr_parts, ignore_index=True).dropna()
     frames["calibration.csv"] = pd.DataFrame(calibration_bins(test.gold, test.prob, bins))
     return frames
 

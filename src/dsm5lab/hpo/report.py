@@ -194,6 +194,32 @@ def summary_md(study, params: Params, metrics: dict, imp: list[tuple[str, float]
     return "\n".join(lines)
 
 
+HISTORY_HEADER = "trial,state,value,best_value\n"
+
+
+def history_csv(study) -> str:
+    """Every finished trial in number order: completed ones at their objective, pruned ones at the last value
+    they reported (where the pruner stopped them), failed ones with no value; best_value is the best completed
+    value so far (empty before the first)."""
+    rows = [HISTORY_HEADER]
+    best_so_far = None
+    sign = -1 if study.directions[0].name == "MINIMIZE" else 1
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda x: x.number):
+        state = t.state.name
+        if state == "COMPLETE":
+            value = t.values[0]
+            best_so_far = value if best_so_far is None or sign * value > sign * best_so_far else best_so_far
+        elif state == "PRUNED":
+            value = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
+        elif state == "FAIL":
+            value = None
+        else:  # RUNNING / WAITING: not finished, not history yet
+            continue
+        rows.append(f"{t.number},{state},{'' if value is None else _num(value)},"
+                    f"{'' if best_so_far is None else _num(best_so_far)}\n")
+    return "".join(rows)
+
+
 def write_all(study, params: Params, root: Path, url: str, wall_s: float | None) -> dict:
     """Write every output of the hpo stage; returns metrics/hpo.json's content."""
     root = Path(root)
@@ -203,16 +229,7 @@ def write_all(study, params: Params, root: Path, url: str, wall_s: float | None)
     write_trials_csv(study, root / REPORTS / "trials.csv")
     atomic.write_text(root / REPORTS / "importance.csv",
                       "param,importance\n" + "".join(f"{k},{v}\n" for k, v in imp))
-    history = ["trial,value,best_value"]
-    best_so_far = None
-    sign = -1 if study.directions[0].name == "MINIMIZE" else 1
-    for t in sorted(study.get_trials(deepcopy=False), key=lambda x: x.number):
-        if t.state.name != "COMPLETE":
-            continue
-        v = t.values[0]
-        best_so_far = v if best_so_far is None or sign * v > sign * best_so_far else best_so_far
-        history.append(f"{t.number},{_num(v)},{_num(best_so_far)}")
-    atomic.write_text(root / REPORTS / "history.csv", "\n".join(history) + "\n")
+    atomic.write_text(root / REPORTS / "history.csv", history_csv(study))
     atomic.write_text(root / REPORTS / "summary.md", summary_md(study, params, metrics, imp, url))
     atomic.write_json(root / STORAGE_INFO, {"storage": st.redact(url), "study": study.study_name})
     atomic.write_text(root / BEST, best_text)
@@ -231,7 +248,7 @@ def write_disabled(root: Path) -> dict:
     (root / layout.HPO_STORAGE_DIR).mkdir(parents=True, exist_ok=True)
     atomic.write_text(root / REPORTS / "trials.csv", "number,state,value\n")
     atomic.write_text(root / REPORTS / "importance.csv", "param,importance\n")
-    atomic.write_text(root / REPORTS / "history.csv", "trial,value,best_value\n")
+    atomic.write_text(root / REPORTS / "history.csv", HISTORY_HEADER)
     atomic.write_text(root / REPORTS / "summary.md", "# HPO\n\nDisabled (`hpo.enabled: false`): no study ran; "
                       "train used params.yaml's values. `dvc exp run -S hpo.enabled=true` runs the study.\n")
     metrics = {"enabled": False}
