@@ -397,3 +397,18 @@ def test_registry_malformed_line_is_one_user_error_line(tmp_path, line, needle):
     with pytest.raises(UserError) as err:
         Registry(tmp_path, read_only=True)
     assert needle in str(err.value) and len(str(err.value).splitlines()) == 1
+
+
+def test_epochs_are_one_based_where_people_read_them_and_zero_based_for_resuming(tmp_path):
+    """metrics/train.json and the progress lines number epochs from 1: meta.json, the registry (and so the
+    retention manifest) agree, while the state a resume reads keeps the 0-based index of the epoch in progress."""
+    t = make_trainer()
+    manager = CheckpointManager(tmp_path, keep_last_n=2, keep_best_k=0, run="r")
+    path = manager.save(t.model, step=30, epoch=2, score=0.5, metric="m",
+                        state={"epoch": 2, "batch_in_epoch": 10, "step": 30}, config={})
+    assert json.loads((path / "meta.json").read_text())["epoch"] == 3
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "registry.jsonl").read_text().splitlines()] == [3]
+    assert load_checkpoint(path, make_trainer().model)["epoch"] == 2
+    # a checkpoint the registry lost is adopted from its meta.json: still 1-based
+    (tmp_path / "registry.jsonl").unlink()
+    assert [r["epoch"] for r in CheckpointManager(tmp_path, keep_last_n=2, keep_best_k=0, run="r").records] == [3]

@@ -115,7 +115,7 @@ def test_oom_mid_step_redoes_the_step_with_half_the_micro_batch(prepared, tmp_pa
     assert same(first_weights, second_weights)
     assert first.history == second.history
     for tracker, result in ((first_tracker, first), (second_tracker, second)):
-        assert tracker.oom() == [{"step": 2, "epoch": 0, "micro_batch": 2, "accumulation": 4,
+        assert tracker.oom() == [{"step": 2, "epoch": 1, "micro_batch": 2, "accumulation": 4,
                                   "previous_micro_batch": 4, "previous_accumulation": 2,
                                   "failed_pass_groups": 4}]
         assert (result.throughput["micro_batch"], result.throughput["accumulation"]) == (2, 4)

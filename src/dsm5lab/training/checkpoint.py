@@ -80,7 +80,9 @@ def save_checkpoint(path: Path, model: torch.nn.Module, *, optimizer=None, sched
     """Write model.safetensors, config.json, trainer_state.pt and meta.json into `path` atomically.
 
     The files go to a temp dir next to `path`, which replaces `path` only once complete.
-    meta.json copies epoch/step/score/metric/run from `state` (non-finite score -> null).
+    meta.json copies epoch/step/score/metric/run from `state` (non-finite score -> null); its epoch is 1-based,
+    as in metrics/train.json and the progress lines, while the state's (kept for resuming) is the 0-based index
+    of the epoch in progress.
     """
     from safetensors.torch import save_model
 
@@ -102,6 +104,8 @@ def save_checkpoint(path: Path, model: torch.nn.Module, *, optimizer=None, sched
         size = sum(f.stat().st_size for f in tmp.iterdir())
         score = state.get("score")
         meta = {k: state.get(k) for k in ("run", "epoch", "step", "metric") if k in state}
+        if isinstance(meta.get("epoch"), int):
+            meta["epoch"] += 1
         meta |= {
             "score": float(score) if is_finite_score(score) else None,
             "wall_time": time.time(),
@@ -234,7 +238,10 @@ class CheckpointManager:
 
     def save(self, model: torch.nn.Module, *, step: int, epoch: int, score: float | None, metric: str,
              optimizer=None, scheduler=None, scaler=None, state: dict, config: dict) -> Path:
-        """Save root/step-XXXXXXXX, register it, prune; returns its path (deleted if the policy drops it)."""
+        """Save root/step-XXXXXXXX, register it, prune; returns its path (deleted if the policy drops it).
+
+        `epoch` is the 0-based index of the epoch in progress (what resuming needs); meta.json and the registry
+        (hence the retention manifest) record it 1-based, as metrics/train.json and the progress lines do."""
         check_free_space(self.root, self.min_free_gb)
         target = self.root / f"step-{step:08d}"
         score = None if score is None else float(score)  # numpy/tensor scores would not reload
@@ -242,7 +249,7 @@ class CheckpointManager:
                       "metric": metric}
         save_checkpoint(target, model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                         state=full_state, config=config)
-        self.registry.add(self.registry.record_for(target, self.run, epoch, step, score, metric))
+        self.registry.add(self.registry.record_for(target, self.run, epoch + 1, step, score, metric))
         self.prune()
         return target
 

@@ -263,7 +263,7 @@ def _halve_micro_batch(run: Run, tracker, epoch: int, start: _StepStart, failed:
         torch.cuda.set_rng_state(start.rng[1], run.device)
     before = (s.forward_batch, s.forward_passes)
     s.micro_splits *= 2
-    tracker.event("out_of_memory", step=s.step, epoch=epoch, micro_batch=s.forward_batch,
+    tracker.event("out_of_memory", step=s.step, epoch=epoch + 1, micro_batch=s.forward_batch,
                   accumulation=s.forward_passes, previous_micro_batch=before[0],
                   previous_accumulation=before[1], failed_pass_groups=failed)
     log.warning("train: out of memory at step %d (epoch %d): micro-batch %d -> %d, accumulation %d -> %d, "
@@ -275,7 +275,7 @@ def _log_start(run: Run, tracker) -> dict:
     """The run's resume point, system info and params, once at the start; returns the system info."""
     p, s = run.params, run.state
     if run.resumed_from is not None:
-        tracker.event("resume", checkpoint=str(run.resumed_from), step=s.step, epoch=s.epoch)
+        tracker.event("resume", checkpoint=str(run.resumed_from), step=s.step, epoch=s.epoch + 1)
     info = system_info(run.device, p.numerics.cpu_isa)
     tracker.event("system", **info)
     tracker.log_params({**flatten(p.model_dump(include={"seed", "model", "train"})), "data.source": p.data.source,
