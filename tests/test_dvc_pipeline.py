@@ -143,13 +143,14 @@ def test_repro_then_status_is_clean_and_reproduces_the_lock(clone):
     assert evaluation["paper"]["macro_f1"] > train["val_chance_macro_f1"]
     # the pipeline's own plots: the offline page, drawn in a real browser with no network, and static files
     said = sh("dsm5lab", "plots", cwd=repo, env=env)
-    assert "12 plots" in said, said
+    assert "13 plots" in said, said
     html = (repo / "reports/plots/index.html").read_text()
-    for plot_id in ("hpo_history", "confusion", "roc", "precision_recall", "calibration", "train_loss", "validation"):
+    for plot_id in ("hpo_history", "confusion", "roc", "precision_recall", "calibration", "paper_labels", "train_loss",
+                    "validation"):
         assert f"vegaEmbed('#{plot_id}'" in html, plot_id
         assert (repo / "reports/plots/static" / f"{plot_id}.svg").stat().st_size > 1000, plot_id
     states = browser.rendered_divs(browser.dump_dom(repo / "reports/plots/index.html", repo.parent / "profile"))
-    assert len(states) == 12 and set(states.values()) == {"yes"}, states
+    assert len(states) == 13 and set(states.values()) == {"yes"}, states
     browser.screenshot(repo / "reports/plots/index.html", ROOT / "reports/ui/plots-pipeline.png",
                        repo.parent / "profile2")
     hpo = json.loads((repo / "metrics/hpo.json").read_text())

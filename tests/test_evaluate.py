@@ -52,9 +52,13 @@ def test_report_validates_and_every_output_exists(project):
     assert set(errors["error"]) <= {"false_positive", "false_negative"}
     assert "| criterion | threshold |" in Path("reports/evaluate/summary.md").read_text()
     plots = Path("reports/evaluate/plots")
-    assert sorted(p.name for p in plots.iterdir()) == ["calibration.csv", "confusion.csv", "pr.csv", "roc.csv"]
+    assert sorted(p.name for p in plots.iterdir()) == ["calibration.csv", "confusion.csv", "paper_labels.csv", "pr.csv",
+                                                        "roc.csv"]
     conf = pd.read_csv(plots / "confusion.csv")  # a 2x2 per criterion over every test post
     assert (conf.groupby("criterion")["count"].sum() == report["splits"]["test"]).all() and len(conf) == 36
+    paper = pd.read_csv(plots / "paper_labels.csv")  # the paper view's per-label F1, as in the report
+    f1 = paper[paper["metric"] == "f1"].set_index("label")["value"].to_dict()
+    assert f1 == pytest.approx(report["paper_view"]["per_class_f1"])
     config = json.loads(Path("stages/evaluate/model/config.json").read_text())
     assert config["thresholds"] == report["criteria"]["thresholds"]["values"]
     assert json.loads(Path("stages/train/model/config.json").read_text())["thresholds"]["FATIGUE"] == 0.5

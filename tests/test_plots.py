@@ -154,7 +154,7 @@ def rendered(plot_repo):
 
 
 EXPECTED = {"hpo_history", "hpo_importance", "train_loss", "learning_rate", "validation", "confusion", "roc",
-            "precision_recall", "calibration", *(f"reports/prepare/label_distribution/{s}.csv"
+            "precision_recall", "calibration", "paper_labels", *(f"reports/prepare/label_distribution/{s}.csv"
                                                   for s in ("train", "val", "test"))}
 
 

@@ -108,9 +108,11 @@ def headline(report: dict) -> dict:
 def plot_frames(test, thresholds: list[float], bins: int) -> dict[str, pd.DataFrame]:
     """Data for the DVC plots (templates in .dvc/plots): per-criterion confusion counts, ROC and PR curves in
     one file each (a `curve` column names the criterion with its AUC or AP, so every criterion gets its own
-    colour and legend entry), and the pooled calibration table."""
+    colour and legend entry), the pooled calibration table and the paper view's per-label P/R/F1."""
     from dsm5lab.data.criteria import EXPECTED_IDS
-    from dsm5lab.metrics import auroc, average_precision, calibration_bins, pr_curve, roc_curve
+    from dsm5lab.evaluation.views import PAPER_CLASSES, paper_matrices
+    from dsm5lab.metrics import (auroc, average_precision, calibration_bins, classification_report, pr_curve,
+                                 roc_curve)
 
     def named(c: int, what: str, value: float | None) -> str:  # "A.1 DEPRESSED_MOOD (AUC 0.91)": DSM-5 order
         return f"{EXPECTED_IDS[c]} {SYMPTOMS[c]} ({what} {'n/a' if value is None else f'{value:.2f}'})"
@@ -139,6 +141,12 @@ def plot_frames(test, thresholds: list[float], bins: int) -> dict[str, pd.DataFr
     frames["roc.csv"] = pd.concat(roc_parts, ignore_index=True).dropna()
     frames["pr.csv"] = pd.concat(pr_parts, ignore_index=True).dropna()
     frames["calibration.csv"] = pd.DataFrame(calibration_bins(test.gold, test.prob, bins))
+    # the paper view (ReDSM5's baselines): ten post-level labels, NO_SYMPTOMS included, at threshold 0.5
+    gold10, pred10 = paper_matrices(test.gold, test.prob)
+    per_class = classification_report(gold10, pred10.astype(float), 0.5, list(PAPER_CLASSES))["per_class"]
+    frames["paper_labels.csv"] = pd.DataFrame([
+        {"label": name, "metric": metric, "value": per_class[name][metric], "support": per_class[name]["support"]}
+        for name in PAPER_CLASSES for metric in ("precision", "recall", "f1")])
     return frames
 
 
