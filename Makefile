@@ -44,7 +44,7 @@ plots: install
 lock:
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
 	.lockenv/bin/python -m pip install --quiet torch==2.13.0
-	.lockenv/bin/python -m pip install --quiet ".[test,minilm]"
+	.lockenv/bin/python -m pip install --quiet ".[test,minilm,ui]"
 	.lockenv/bin/python -m pip freeze --exclude dsm5lab | sed -E 's/^torch==([0-9.]+)\+cpu$$/torch==\1/' > requirements.lock
 	rm -rf .lockenv
 

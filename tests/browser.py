@@ -28,20 +28,28 @@ def chromium() -> str:
     return found
 
 
-def _run(page: Path, profile: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [chromium(), *FLAGS, f"--user-data-dir={profile}", *extra, page.resolve().as_uri()]
+def _run(url: str, profile: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [chromium(), *FLAGS, f"--user-data-dir={profile}", *extra, url]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=True)
 
 
+def dump_dom_url(url: str, profile: Path) -> str:
+    """The DOM after the page's scripts ran (within the virtual time budget)."""
+    return _run(url, profile, "--dump-dom").stdout
+
+
+def screenshot_url(url: str, png: Path, profile: Path, size: str = "1400,2600") -> Path:
+    png.parent.mkdir(parents=True, exist_ok=True)
+    _run(url, profile, f"--screenshot={png}", f"--window-size={size}")
+    return png
+
+
 def dump_dom(page: Path, profile: Path) -> str:
-    """The DOM after the page's scripts ran (vega-embed renders asynchronously within the time budget)."""
-    return _run(page, profile, "--dump-dom").stdout
+    return dump_dom_url(page.resolve().as_uri(), profile)
 
 
 def screenshot(page: Path, png: Path, profile: Path, size: str = "1400,2600") -> Path:
-    png.parent.mkdir(parents=True, exist_ok=True)
-    _run(page, profile, f"--screenshot={png}", f"--window-size={size}")
-    return png
+    return screenshot_url(page.resolve().as_uri(), png, profile, size)
 
 
 def rendered_divs(dom: str) -> dict[str, str]:

@@ -100,6 +100,10 @@ def _artifact_location(uri: str, name: str) -> str | None:
     return (Path(os.environ.get("DVC_ROOT") or ".").resolve() / "mlruns" / name).as_uri()
 
 
+# MLflow 3's UI opens an experiment without this tag as a GenAI one (traces, judges); this one is model training
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def _experiment_id(client, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
@@ -107,7 +111,8 @@ def _experiment_id(client, name: str) -> str:
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.create_experiment(name, artifact_location=_artifact_location(client.tracking_uri, name))
+        return client.create_experiment(name, artifact_location=_artifact_location(client.tracking_uri, name),
+                                        tags=EXPERIMENT_TAGS)
     except MlflowException:  # another worker created it between the lookup and here
         exp = client.get_experiment_by_name(name)
         if exp is None:

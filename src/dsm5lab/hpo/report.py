@@ -189,7 +189,7 @@ def summary_md(study, params: Params, metrics: dict, imp: list[tuple[str, float]
     lines += ["## Parameter importance (fANOVA, first objective)", ""]
     lines += (["| param | importance |", "|---|---|"] + [f"| `{k}` | {v} |" for k, v in imp]) if imp else \
         ["Not enough completed trials (or no variation) to estimate importances."]
-    lines += ["", "Browse it live: `pip install optuna-dashboard && optuna-dashboard "
+    lines += ["", "Browse it live: `optuna-dashboard "
               f"{st.redact(url) if not url.startswith(st.JOURNAL) else url[len(st.JOURNAL):]}`", ""]
     return "\n".join(lines)
 
