@@ -313,3 +313,21 @@ def test_predict_reads_the_end_of_a_long_text(project, cli):
     assert every[0]["probabilities"] != capped[0]["probabilities"]
     assert every[1]["probabilities"] == capped[1]["probabilities"]
     assert at("1000")[0]["probabilities"] == every[0]["probabilities"]
+
+
+def test_published_baselines_appear_only_beside_real_data(project):
+    """Synthetic scores next to the paper's real-data numbers invite a comparison that means nothing."""
+    from dsm5lab.evaluation.stage import summary_markdown
+    from dsm5lab.evaluation.views import PUBLISHED, is_real
+
+    report = json.loads(Path("reports/evaluate/evaluation_report.json").read_text())
+    assert report["dataset"]["origin"].startswith("synthetic:") and "baselines" not in report["paper_view"]
+    summary = Path("reports/evaluate/summary.md").read_text()
+    assert f"Data: `{report['dataset']['origin']}` (synthetic" in summary
+    assert "Published on ReDSM5" not in summary and "are not shown" in summary
+    assert is_real("csv:data/redsm5") and is_real("hf:irlab-udc/redsm5@abc") and not is_real("synthetic:n=1")
+    real = {**report, "dataset": {**report["dataset"], "origin": "csv:data/redsm5"},
+            "paper_view": {**report["paper_view"], "baselines": PUBLISHED}}
+    text = summary_markdown(real)
+    assert "Data: `csv:data/redsm5`." in text
+    assert "Published on ReDSM5: TF-IDF+LinearSVC 0.39/0.28, bert-base-uncased 0.51/0.36, Llama-3.2-1B 0.544/0.489" in text

@@ -81,7 +81,7 @@ def build_report(params: Params, model_dir: Path, config: dict, manifest: dict, 
     }
     if val.prob is not None:
         report["criteria"] = ev.criteria_section(val, test, settings)
-        report["paper_view"] = ev.paper_section(test, config["encode"]["level"], settings)
+        report["paper_view"] = ev.paper_section(test, config["encode"]["level"], settings, manifest["origin"])
         if config["encode"]["level"] == "sentence":
             report["notes"].append("The model works at sentence level: post predictions are the max over sentences.")
     if test.spans is not None:
@@ -155,7 +155,12 @@ def summary_markdown(report: dict) -> str:
     def f(x):
         return "n/a" if x is None else f"{x:.3f}"
 
+    from dsm5lab.evaluation.views import is_real
+
+    origin = report["dataset"]["origin"]
     lines = [f"# Evaluation: {report['model']['path']}", "",
+             f"Data: `{origin}`" + ("" if is_real(origin) else " (synthetic: these numbers say the pipeline works, "
+                                     "not how well a model reads real posts)") + ".",
              f"Test posts: {report['splits']['test']}; validation posts (thresholds): {report['splits']['val']}.", ""]
     if "criteria" in report:
         c = report["criteria"]
@@ -175,9 +180,15 @@ def summary_markdown(report: dict) -> str:
                   "| micro F1 | macro F1 | weighted F1 | exact match |", "|---|---|---|---|",
                   f"| {f(p['micro_f1'])} ({f(p['ci']['micro_f1']['low'])}-{f(p['ci']['micro_f1']['high'])}) "
                   f"| {f(p['macro_f1'])} ({f(p['ci']['macro_f1']['low'])}-{f(p['ci']['macro_f1']['high'])}) "
-                  f"| {f(p['weighted_f1'])} | {f(p['exact_match'])} |",
-                  "", "Published: TF-IDF+LinearSVC 0.39/0.28, bert-base-uncased 0.51/0.36, Llama-3.2-1B 0.544/0.489 "
-                  "(micro/macro, their 80/20 split)."]
+                  f"| {f(p['weighted_f1'])} | {f(p['exact_match'])} |", ""]
+        if "baselines" in p:
+            names = {"tfidf_linearsvc": "TF-IDF+LinearSVC", "bert_base_uncased": "bert-base-uncased",
+                     "llama_3_2_1b": "Llama-3.2-1B"}
+            lines.append("Published on ReDSM5: " + ", ".join(f"{names[k]} {v[0]}/{v[1]}" for k, v in p["baselines"].items())
+                         + " (micro/macro, their 80/20 split).")
+        else:
+            lines.append("The published ReDSM5 baselines are not shown: they were measured on the real posts, and "
+                         "this data is synthetic.")
     if "evidence" in report:
         e = report["evidence"]
         lines += ["", "## Evidence (test split)", "", "| measure | value |", "|---|---|",
