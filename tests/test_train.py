@@ -355,3 +355,40 @@ def test_patience_running_out_at_the_last_epoch_is_not_an_early_stop(project):
     assert result.stopped_early and report["epochs_run"] == 2 and report["stopped_early"] is False
     result, report = stage.run(load_params("params.yaml", TINY + ["train.epochs=3", *over]), Path("."))
     assert report["epochs_run"] == 2 and report["stopped_early"] is True and report["best_epoch"] == 1
+
+
+def test_a_failed_or_interrupted_run_leaves_the_previous_curves_and_resume_continues_its_own(project, cli):
+    """dvclive writes beside the run's checkpoints; only a finished run replaces reports/train/live."""
+    from conftest import tree_digest
+    from dsm5lab.training import loop, stage
+
+    live = Path("reports/train/live")
+    params = load_params("params.yaml", TINY + ["train.epochs=2", "train.early_stopping.patience=9"])
+    stage.run(params, Path("."))
+    before = tree_digest(live)
+    assert any(k.endswith("val/macro_f1.tsv") for k in before)
+    # fails inside the tracked run (after dvclive would have started over in the published folder)
+    result = cli("train", *sets(TINY + ["train.task=evidence", "train.early_stopping.metric=val/macro_f1"]))
+    assert result.exit_code == 2
+    assert tree_digest(live) == before
+
+    class Killed(Exception):
+        pass
+
+    def stop(step, metrics):
+        raise Killed()
+
+    real_fit = loop.fit
+    loop.fit = lambda *a, **kw: real_fit(*a, **kw, on_validation=stop)
+    try:
+        with pytest.raises(Killed):
+            stage.run(load_params("params.yaml", TINY + ["train.epochs=3", "train.early_stopping.patience=9"]),
+                      Path("."))
+    finally:
+        loop.fit = real_fit
+    assert tree_digest(live) == before  # the interrupted run's one validation is not published ...
+    assert Path("checkpoints/train/live/plots/metrics/val/macro_f1.tsv").is_file()  # ... but kept for --resume
+    resumed, _ = stage.run(load_params("params.yaml", TINY + ["train.epochs=3", "train.early_stopping.patience=9"]),
+                           Path("."), resume=True)
+    rows = (live / "plots/metrics/val/macro_f1.tsv").read_text().splitlines()[1:]
+    assert [int(r.split("\t")[0]) for r in rows] == [h["step"] for h in resumed.history]

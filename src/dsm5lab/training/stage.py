@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from dsm5lab import atomic, layout
@@ -50,9 +51,10 @@ def run(params: Params, root: Path = Path("."), resume: bool = False, run_name: 
     root = Path(root)
     paths = RunPaths(prepared=root / layout.PREPARED, checkpoints=root / params.train.checkpoint.dir / run_name)
     model_out = root / layout.TRAINED_MODEL
+    live = _working_live_dir(paths.checkpoints, root / layout.TRAIN_LIVE, resume)
     settings = TrackingSettings(
         mlflow_uri=params.tracking.mlflow_uri, experiment=params.tracking.experiment, run_name=run_name,
-        live_dir=root / layout.TRAIN_LIVE, run_dir=paths.checkpoints, resume=resume,
+        live_dir=live, run_dir=paths.checkpoints, resume=resume,
     )
     with Tracker(settings) as tracker:
         run = build_run(params, paths, resume=resume)
@@ -63,5 +65,19 @@ def run(params: Params, root: Path = Path("."), resume: bool = False, run_name: 
         tracker.event("throughput", **result.throughput)
         if model_out.exists():
             tracker.log_artifacts(model_out, "model")
+    with atomic.staged_dir(root / layout.TRAIN_LIVE) as tmp:  # only a finished run replaces the curves
+        shutil.copytree(live, tmp, dirs_exist_ok=True)
     atomic.write_json(root / layout.TRAIN_METRICS, report)
     return result, report
+
+
+def _working_live_dir(run_dir: Path, published: Path, resume: bool) -> Path:
+    """Where dvclive writes while the run goes: <run's checkpoint folder>/live, published to reports/train/live
+    only when the run finished. A failed or interrupted run leaves the previous curves as they were (as it does
+    the model and metrics/train.json), and its own stay beside its checkpoints for `--resume` to continue."""
+    live = run_dir / "live"
+    if not resume:
+        shutil.rmtree(live, ignore_errors=True)
+    elif not live.is_dir() and published.is_dir():  # a run interrupted before the folder moved here
+        shutil.copytree(published, live)
+    return live
