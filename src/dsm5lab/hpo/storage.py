@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ def open_storage(url: str, stale) -> Any:
         if not path.name:
             raise UserError(f"hpo.storage: '{url}' names no file (expected journal:<path>, e.g. journal:stages/hpo/journal.log)")
         path.parent.mkdir(parents=True, exist_ok=True)
+        repair_journal(path)
         return JournalStorage(JournalFileBackend(str(path)))
     if is_sqlite(url):
         db = url.split("///", 1)[-1].split("?", 1)[0]
@@ -69,6 +71,53 @@ def open_storage(url: str, stale) -> Any:
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy's connection/URL errors
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise UserError(f"hpo.storage: cannot open {redact(url)}: {first}") from None
+
+
+def repair_journal(path: Path) -> Path | None:
+    """Check a journal file before Optuna reads it; returns where a torn last record was moved, if one was.
+
+    A worker killed mid-append (or a full disk) leaves a last record without its newline or not valid JSON.
+    Optuna skips such a tail silently, and the next append glues a record onto it, after which every read
+    fails with a JSONDecodeError. The torn bytes are moved to `<file>.torn-<time>` (one line says so) and the
+    study goes on. A bad record followed by good ones is no tear but damage: one line names the file and its
+    byte offset, and nothing is changed. Runs under Optuna's own journal lock, so no writer is cut off."""
+    import json
+    import time
+
+    from optuna.storages.journal import JournalFileSymlinkLock
+    from optuna.storages.journal._file import get_lock_file
+
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    with get_lock_file(JournalFileSymlinkLock(str(path))):
+        data = path.read_bytes()
+        offset, bad = 0, None  # bad: byte offset of the first record that does not parse
+        lines = [ln + b"\n" for ln in data.split(b"\n")]
+        lines[-1] = lines[-1][:-1]  # what follows the last newline: b"" in a whole file, else a torn tail
+        for line in filter(None, lines):
+            if bad is None:
+                try:
+                    ok = line.endswith(b"\n") and isinstance(json.loads(line), dict)
+                except ValueError:  # JSONDecodeError and UnicodeDecodeError
+                    ok = False
+                if not ok:
+                    bad = offset
+            elif line.strip():
+                raise UserError(f"hpo.storage: journal {path} is damaged at byte {bad} (a record that does not "
+                                "parse, followed by more records); restore it from a backup or start a new "
+                                "hpo.study_name")
+            offset += len(line)
+        if bad is None:
+            return None
+        aside = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+        aside.write_bytes(data[bad:])
+        with path.open("r+b") as fh:
+            fh.truncate(bad)
+            fh.flush()
+            os.fsync(fh.fileno())
+    print(f"warning: hpo: the last record of journal {path} was cut off ({len(data) - bad} bytes, a worker "
+          f"killed while writing?); moved to {aside}, the study goes on", file=sys.stderr)
+    return aside
 
 
 def quiet_optuna() -> None:
