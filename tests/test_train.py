@@ -392,3 +392,34 @@ def test_a_failed_or_interrupted_run_leaves_the_previous_curves_and_resume_conti
                            Path("."), resume=True)
     rows = (live / "plots/metrics/val/macro_f1.tsv").read_text().splitlines()[1:]
     assert [int(r.split("\t")[0]) for r in rows] == [h["step"] for h in resumed.history]
+
+
+def test_sigterm_ends_a_real_run_like_ctrl_c_and_resume_finishes_it(project):
+    """`kill`, Slurm and `docker stop` send SIGTERM: the MLflow run ends KILLED with a run_end event, exit 143,
+    nothing is published, and `--resume` continues from the last checkpoint."""
+    import signal
+
+    args = ["train", *sets(TINY + ["train.epochs=4", "train.early_stopping.patience=9"])]
+    env = {**os.environ, "CI": "true"}
+    proc = subprocess.Popen([sys.executable, "-m", "dsm5lab", *args], env=env, stderr=subprocess.PIPE, text=True)
+    said = []
+    for line in proc.stderr:
+        said.append(line)
+        if line.startswith("train: epoch 1/4 step "):
+            proc.send_signal(signal.SIGTERM)
+            break
+    said += proc.stderr.readlines()
+    assert proc.wait(timeout=300) == 143, "".join(said)
+    assert said[-1].startswith("error: stopped by SIGTERM"), said[-3:]
+    assert not Path("metrics/train.json").exists() and not Path("reports/train/live").exists()
+    events = [json.loads(x) for x in Path("checkpoints/train/events.jsonl").read_text().splitlines()]
+    assert events[-1]["kind"] == "run_end" and events[-1]["status"] == "KILLED", events[-1]
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(tracking_uri="sqlite:///mlflow.db").get_run(events[0]["mlflow_run_id"])
+    assert run.info.status == "KILLED"
+    resumed = subprocess.run([sys.executable, "-m", "dsm5lab", *args, "--resume"], env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads(Path("metrics/train.json").read_text())["epochs_run"] == 4
+    assert [ln for ln in resumed.stderr.splitlines() if ln.startswith("train: epoch 1/4")] == []  # not redone

@@ -632,8 +632,31 @@ def gate_calibrate(
                                                                     "seed_tolerance"), rows)
 
 
+_terminated = False
+
+
+def _on_sigterm(signum, frame) -> None:
+    """SIGTERM (`kill`, Slurm, `docker stop`) unwinds like Ctrl-C: a run's tracker ends its MLflow run KILLED
+    with a run_end event, dvclive is closed, local HPO workers are stopped, and nothing half-written is
+    published (outputs are swapped in only at the end)."""
+    global _terminated
+    if not _terminated:  # a second SIGTERM while unwinding must not cut the cleanup short
+        _terminated = True
+        raise KeyboardInterrupt("SIGTERM")
+
+
 def main() -> None:
-    app()
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        app()
+    except SystemExit:
+        if _terminated:  # click turned the KeyboardInterrupt into "Aborted!" and exit 1
+            typer.echo("error: stopped by SIGTERM; outputs of this run were not published "
+                       "(`dsm5lab train --resume` continues a training run from its last checkpoint)", err=True)
+            raise SystemExit(128 + signal.SIGTERM) from None
+        raise
 
 
 if __name__ == "__main__":
