@@ -67,3 +67,18 @@ def test_exponent_floats_as_dvc_writes_them_are_numbers(tmp_path):
     assert "learning_rate: 1e-05" in text
     (tmp_path / "params.yaml").write_text(text)
     assert load_params(tmp_path / "params.yaml").train.learning_rate == 1e-5
+
+
+@pytest.mark.parametrize(("text", "where", "problem"), [
+    ("seed: 1\ntrain: [unclosed\n", ":3:1:", "expected ',' or ']', but got '<stream end>'"),
+    ("seed: 1\ntrain:\n  a: 1\n   b: 2\n", ":4:5:", "mapping values are not allowed here"),
+    ("seed: 1\n\ttrain: 1\n", ":2:1:", "found character '\\t' that cannot start any token"),
+])
+def test_a_yaml_syntax_error_names_the_line_and_column(tmp_path, text, where, problem):
+    from dsm5lab.config import read_yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as err:
+        read_yaml(path)
+    assert str(err.value) == f"{path}{where} not valid YAML: {problem}"

@@ -121,7 +121,7 @@ def test_key_missing_from_baseline_is_new_and_passes(repo):
     ("gate_text", "args", "expected"),
     [
         (None, ("--gate-file", "nope.yaml"), "gate file not found: nope.yaml"),
-        ("metrics: [unclosed\n", (), "gate.yaml: not valid YAML"),
+        ("metrics: [unclosed\n", (), "gate.yaml:2:1: not valid YAML: expected ',' or ']'"),
         ("metric: {}\n", (), "unknown key 'metric' (allowed: metrics, calibration, paired)"),
         (GATE.replace("tolerance: 0.002", "tolerence: 0.002"), (), "val.macro_f1: unknown key 'tolerence'"),
         (

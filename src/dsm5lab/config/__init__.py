@@ -307,6 +307,11 @@ def read_yaml(path: Path, what: str = "params file", expect: str = "a mapping of
         raise UserError(f"{what} not found: {path}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as exc:  # line and column of the fault (PyYAML counts from 0)
+        mark = exc.problem_mark or exc.context_mark
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        what_is_wrong = exc.problem or exc.context or str(exc).splitlines()[0]
+        raise UserError(f"{path}{where}: not valid YAML: {what_is_wrong}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
