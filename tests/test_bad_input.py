@@ -47,10 +47,38 @@ def test_misspelt_column(workdir, cli, quirky_dir):
 
 
 def test_missing_column(workdir, cli, quirky_dir):
+    import pandas as pd
+
     path = quirky_dir / "redsm5_annotations.csv"
-    text = path.read_text(encoding="utf-8-sig").replace(",explanation", "", 1)
-    path.write_text(text, encoding="utf-8")
+    pd.read_csv(path, dtype=str, keep_default_na=False).drop(columns="explanation").to_csv(path, index=False)
     assert_clean_failure(run_prepare(cli, quirky_dir), "missing column 'explanation'")
+
+
+@pytest.mark.parametrize("where", ["trailing", "leading"])
+def test_rows_with_a_field_more_than_the_header_are_refused_not_shifted(workdir, cli, quirky_dir, where):
+    """Every row one field longer: pandas would read the first column as an index and shift the rest."""
+    import csv
+    import io
+
+    path = quirky_dir / "redsm5_posts.csv"
+    rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig"))))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(rows[0])
+    for row in rows[1:]:
+        writer.writerow([*row, "x"] if where == "trailing" else ["x", *row])
+    path.write_text(out.getvalue(), encoding="utf-8")
+    assert_clean_failure(run_prepare(cli, quirky_dir), "redsm5_posts.csv: data row 1 has 3 fields, the header 2 "
+                                                       "(post_id, text)")
+
+
+def test_a_short_row_names_its_row(workdir, cli, quirky_dir):
+    path = quirky_dir / "redsm5_annotations.csv"
+    text = path.read_text(encoding="utf-8-sig")
+    head, first, *rest = text.split("\n")
+    path.write_text("\n".join([head, first, first.rsplit(",", 1)[0], *rest]), encoding="utf-8")
+    assert_clean_failure(run_prepare(cli, quirky_dir), "redsm5_annotations.csv: data row 2 has 5 fields, the "
+                                                       "header 6")
 
 
 def test_empty_file(workdir, cli, quirky_dir):

@@ -61,13 +61,34 @@ def read_csv_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
         ) from None
     if not text.strip():
         raise UserError(f"{path}: file is empty (expected a header with {', '.join(columns)})")
+    check_field_counts(path, text)
     try:
-        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_filter=False)
+        # index_col=False: pandas would otherwise take a first column as the index when every row has one
+        # field more than the header, and every column would shift silently
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_filter=False,
+                            index_col=False)
     except pd.errors.ParserError as exc:
         raise UserError(f"{path}: malformed CSV: {str(exc).strip().splitlines()[-1]}") from None
     frame.columns = [str(c).strip() for c in frame.columns]
     check_columns(frame, columns, str(path))
     return frame
+
+
+def check_field_counts(path: Path, text: str) -> None:
+    """Every record has as many fields as the header: a ragged row (an unquoted comma in a text, a field
+    added or lost by an export) fails naming the file, the data row (counted from 1) and both counts."""
+    import csv
+
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # a long post is one field (default 128 KiB)
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = next(reader)
+        for row_no, row in enumerate(reader, start=1):
+            if row and len(row) != len(header):
+                raise UserError(f"{path}: data row {row_no} has {len(row)} fields, the header {len(header)} "
+                                f"({', '.join(header)}); quote fields that contain commas")
+    except csv.Error as exc:
+        raise UserError(f"{path}: malformed CSV near line {reader.line_num}: {exc}") from None
 
 
 def check_columns(frame: pd.DataFrame, expected: tuple[str, ...], where: str) -> None:
