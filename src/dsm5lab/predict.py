@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 from collections.abc import Iterable, Iterator
@@ -48,12 +49,21 @@ def read_file(path: Path, text_column: str) -> list[tuple[str, str]]:
             out.append((str(obj.get("id", n - 1)), obj[text_column]))
         return out
     if suffix == ".csv":
-        rows = list(csv.DictReader(raw.splitlines(keepends=True)))
-        if not rows or text_column not in rows[0]:
-            found = ", ".join(rows[0]) if rows else "no rows"
-            raise UserError(f"--file: {path} has no column {text_column!r} (found: {found}); set --text-column")
-        key = "id" if "id" in rows[0] else "post_id" if "post_id" in rows[0] else None
-        return [(str(r[key]) if key else str(i), r[text_column] or "") for i, r in enumerate(rows)]
+        from dsm5lab.data.raw import check_field_counts
+
+        if not raw.strip():
+            raise UserError(f"--file: {path} is empty (expected a header with a {text_column!r} column)")
+        check_field_counts(path, raw)  # a ragged row would score a missing text as ""
+        reader = csv.DictReader(io.StringIO(raw))
+        header = reader.fieldnames or []
+        if text_column not in header:
+            raise UserError(f"--file: {path} has no column {text_column!r} (found: {', '.join(header)}); "
+                            "set --text-column")
+        rows = list(reader)
+        if not rows:
+            raise UserError(f"--file: {path} has a header but no rows")
+        key = "id" if "id" in header else "post_id" if "post_id" in header else None
+        return [(str(r[key]) if key else str(i), r[text_column]) for i, r in enumerate(rows)]
     raise UserError(f"--file: {path}: unknown extension {suffix!r} (allowed: .txt, .jsonl, .csv)")
 
 
