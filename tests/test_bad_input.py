@@ -197,3 +197,13 @@ def test_crash_while_writing_leaves_previous_outputs(workdir, cli, quirky_dir, m
         run_prepare(cli, quirky_dir, *TINY, "--set", "seed=7")
     assert Path("stages/prepare/posts.parquet").read_bytes() == before
     assert sorted(p.name for p in Path("stages").iterdir()) == ["prepare"]
+
+
+def test_blank_lines_before_the_header_and_between_rows_are_skipped(workdir, cli, quirky_dir):
+    """As pandas reads them: a blank line is no record, so it neither breaks the header nor a row count."""
+    path = quirky_dir / "redsm5_posts.csv"
+    text = path.read_text(encoding="utf-8-sig")
+    head, rest = text.split("\n", 1)
+    path.write_text("\n" + head + "\n\n" + rest, encoding="utf-8")
+    result = run_prepare(cli, quirky_dir, *TINY)
+    assert result.exit_code == 0 and "fields, the header" not in result.output, result.output

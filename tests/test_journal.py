@@ -29,10 +29,10 @@ def trials(path):
     return len(optuna.load_study(study_name="s", storage=open_storage(f"journal:{path}", STALE)).trials)
 
 
-@pytest.mark.parametrize("tail", [b'{"op_code": 5, "worker_id": "ab', b'{"op_code": 5, "wor{"op_code": 5}\n'])
-def test_a_torn_last_record_is_moved_aside_and_the_study_goes_on(journal, tail, capsys):
+def test_a_torn_last_record_is_moved_aside_and_the_study_goes_on(journal, capsys):
     whole = journal.read_bytes()
-    with journal.open("ab") as fh:  # a worker killed mid-append (or a later append glued onto that)
+    tail = b'{"op_code": 5, "worker_id": "ab'
+    with journal.open("ab") as fh:  # a worker killed mid-append
         fh.write(tail)
     study = optuna.load_study(study_name="s", storage=open_storage(f"journal:{journal}", STALE))
     err = capsys.readouterr().err
@@ -58,3 +58,18 @@ def test_damage_in_the_middle_stops_with_the_byte_offset_and_changes_nothing(jou
 def test_a_whole_journal_is_left_alone(journal, capsys):
     whole = journal.read_bytes()
     assert trials(journal) == 3 and journal.read_bytes() == whole and capsys.readouterr().err == ""
+
+
+def test_a_record_appended_onto_a_torn_one_is_kept(tmp_path, capsys):
+    """The next writer appends right after the torn bytes, on the same line: that record is real, and kept."""
+    path = tmp_path / "journal.log"
+    study = optuna.create_study(study_name="s", storage=open_storage(f"journal:{path}", STALE))
+    study.optimize(objective, n_trials=2)
+    lines = path.read_bytes().split(b"\n")[:-1]
+    last = lines[-1] + b"\n"  # the last record (the second trial's end): torn, then written again after it
+    path.write_bytes(b"\n".join(lines[:-1]) + b"\n" + last[:20] + last)
+    capsys.readouterr()
+    study = optuna.load_study(study_name="s", storage=open_storage(f"journal:{path}", STALE))
+    assert "the record appended after it is kept" in capsys.readouterr().err
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert next(path.parent.glob("journal.log.torn-*")).read_bytes() == last[:20]

@@ -163,9 +163,10 @@ def test_plots_writes_an_offline_page_and_static_files_for_every_plot(plot_repo,
     page = (plot_repo / "reports/plots/index.html").read_text()
     assert not re.search(r"<script[^>]*\bsrc=", page), "a script is loaded from elsewhere: the page needs a network"
     assert "cdn.jsdelivr" not in page
+    divs = re.findall(r"vegaEmbed\('#([^']+)'", page)
+    assert len(divs) == len(EXPECTED) and {pid for pid in EXPECTED if "/" not in pid} <= set(divs), divs
     for pid in EXPECTED:
         stem = plots.file_stem(pid)
-        assert "vegaEmbed('#" in page, pid
         svg = (plot_repo / "reports/plots/static" / f"{stem}.svg").read_text()
         assert svg.startswith("<svg") and "<path" in svg, pid
         assert (plot_repo / "reports/plots/static" / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -230,3 +231,15 @@ def test_outside_a_project_or_with_a_broken_dvc_yaml_it_is_one_line(tmp_path):
     with pytest.raises(UserError, match=r"^DVC could not load the plots in .* \(workspace\): unable to read: 'dvc.yaml'") as err:
         plots.specs(tmp_path, [])
     assert "\n" not in str(err.value)
+
+
+def test_out_must_be_a_folder_plots_wrote_before_it_is_replaced(plot_repo, rendered):
+    """The output folder is swapped in whole: naming the project, or any folder plots did not write, is refused
+    before anything moves."""
+    before = sorted(p.name for p in plot_repo.iterdir())
+    for out in (Path("."), Path("reports"), plot_repo, plot_repo.parent):
+        with pytest.raises(UserError, match=r"exists and was not written by `dsm5lab plots`"):
+            plots.render(plot_repo, out)
+    assert sorted(p.name for p in plot_repo.iterdir()) == before
+    assert (plot_repo / "reports/hpo/history.csv").is_file()
+    assert (plot_repo / "reports/plots" / plots.MARKER).is_file()  # the folder it wrote is marked, and replaced

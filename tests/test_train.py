@@ -394,6 +394,7 @@ def test_a_failed_or_interrupted_run_leaves_the_previous_curves_and_resume_conti
     assert [int(r.split("\t")[0]) for r in rows] == [h["step"] for h in resumed.history]
 
 
+@pytest.mark.slow
 def test_sigterm_ends_a_real_run_like_ctrl_c_and_resume_finishes_it(project):
     """`kill`, Slurm and `docker stop` send SIGTERM: the MLflow run ends KILLED with a run_end event, exit 143,
     nothing is published, and `--resume` continues from the last checkpoint."""
@@ -411,6 +412,7 @@ def test_sigterm_ends_a_real_run_like_ctrl_c_and_resume_finishes_it(project):
     said += proc.stderr.readlines()
     assert proc.wait(timeout=300) == 143, "".join(said)
     assert said[-1].startswith("error: stopped by SIGTERM"), said[-3:]
+    assert not [x for x in said if not x.startswith(("train: ", "error: stopped by SIGTERM"))], said
     assert not Path("metrics/train.json").exists() and not Path("reports/train/live").exists()
     events = [json.loads(x) for x in Path("checkpoints/train/events.jsonl").read_text().splitlines()]
     assert events[-1]["kind"] == "run_end" and events[-1]["status"] == "KILLED", events[-1]

@@ -55,11 +55,15 @@ def server(cmd: list[str], ready_url: str, log: Path, timeout_s: float = 120):
         import os
         import signal
 
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=20)
+            except ProcessLookupError:
+                pass
 
 
 def get_json(url: str, body: dict | None = None) -> dict:

@@ -454,7 +454,8 @@ def bench(
 def plots(
     revs: Annotated[list[str] | None, typer.Argument(
         help="git revisions or DVC experiments to compare (as `dvc plots diff`); none: the workspace.")] = None,
-    out: Annotated[Path, typer.Option("--out", help="folder for index.html and static/.")] = Path("reports/plots"),
+    out: Annotated[Path, typer.Option("--out", help="folder for index.html and static/, replaced whole: a new one, "
+                                      "or one this command wrote.")] = Path("reports/plots"),
     png: Annotated[bool, typer.Option("--png/--no-png", help="also write PNG beside each SVG.")] = True,
 ) -> None:
     """The DVC plots as a page that renders offline (no CDN) plus static SVG/PNG per plot, for reports and PRs."""
@@ -639,10 +640,13 @@ def _on_sigterm(signum, frame) -> None:
     """SIGTERM (`kill`, Slurm, `docker stop`) unwinds like Ctrl-C: a run's tracker ends its MLflow run KILLED
     with a run_end event, dvclive is closed, local HPO workers are stopped, and nothing half-written is
     published (outputs are swapped in only at the end)."""
+    import signal
+
     global _terminated
-    if not _terminated:  # a second SIGTERM while unwinding must not cut the cleanup short
-        _terminated = True
-        raise KeyboardInterrupt("SIGTERM")
+    _terminated = True
+    # a second SIGTERM (cleanup hanging on a stuck server or worker) ends the process the default way
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise KeyboardInterrupt("SIGTERM")
 
 
 def main() -> None:
@@ -653,8 +657,8 @@ def main() -> None:
         app()
     except SystemExit:
         if _terminated:  # click turned the KeyboardInterrupt into "Aborted!" and exit 1
-            typer.echo("error: stopped by SIGTERM; outputs of this run were not published "
-                       "(`dsm5lab train --resume` continues a training run from its last checkpoint)", err=True)
+            typer.echo("error: stopped by SIGTERM; nothing of this run was published (a training run continues "
+                       "from its last checkpoint with `dsm5lab train --resume`)", err=True)
             raise SystemExit(128 + signal.SIGTERM) from None
         raise
 

@@ -22,6 +22,8 @@ OUT = Path("reports/plots")
 # the newest v5 that vl-convert ships, not its default v6.
 VL_VERSION = "5.21"
 PLACEHOLDERS = ("{plot_divs}", "{scripts}", "{refresh_tag}")
+# written into every folder `dsm5lab plots` makes: the folder is replaced whole, so only such a folder may be
+MARKER = ".dsm5lab-plots"
 
 # vegaEmbed is wrapped so that each plot renders as SVG (readable in a DOM dump, sharp when zoomed), without the
 # links to the online Vega editor, and marks its div with the outcome (data-rendered="yes" or the error): a
@@ -84,8 +86,9 @@ def _dvc(repo: Path, args: list[str]) -> str:
     proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True,
                           check=False)
     if proc.returncode != 0:
-        said = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()] or ["no output"]
-        raise UserError(f"`dvc {' '.join(args)}` failed in {repo}: {said[-1].strip()}")
+        said = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()] or ["no output"]
+        errors = [ln for ln in said if ln.startswith("ERROR:")]  # DVC ends with a "Having any troubles?" footer
+        raise UserError(f"`dvc {' '.join(args)}` failed in {repo}: {(errors or said)[-1]}")
     return proc.stdout
 
 
@@ -126,7 +129,10 @@ def render(repo: Path = Path("."), out: Path = OUT, revs: list[str] | None = Non
     import vl_convert
 
     repo, revs = Path(repo).resolve(), list(revs or [])
-    out = out if out.is_absolute() else repo / out
+    out = (out if out.is_absolute() else repo / out).resolve()
+    if out == repo or out in repo.parents or (out.exists() and not (out / MARKER).is_file()):
+        raise UserError(f"--out {out}: exists and was not written by `dsm5lab plots` (the folder is replaced "
+                        "whole); name a new folder, or remove this one first")
     found = specs(repo, revs)
     written: dict[str, list[str]] = {}
     with atomic.staged_dir(out) as tmp:
@@ -135,11 +141,15 @@ def render(repo: Path = Path("."), out: Path = OUT, revs: list[str] | None = Non
         cmd = ["plots", "diff", *revs] if revs else ["plots", "show"]
         _dvc(repo, [*cmd, "--html-template", str(template), "-o", str(tmp)])
         template.unlink()
+        (tmp / MARKER).write_text("written by `dsm5lab plots`; replaced whole on the next run\n")
         static = tmp / "static"
         static.mkdir(exist_ok=True)
         for pid, contents in found.items():
             for i, spec in enumerate(contents):
                 stem = file_stem(pid) + (f"-{i}" if len(contents) > 1 else "")
+                if any(stem in stems for stems in written.values()):
+                    raise UserError(f"plots {pid!r} and another plot id both make the file name {stem!r}: "
+                                    "rename one in dvc.yaml")
                 try:
                     svg = vl_convert.vegalite_to_svg(spec, vl_version=VL_VERSION)
                     (static / f"{stem}.svg").write_text(svg, encoding="utf-8")

@@ -53,7 +53,10 @@ def read_file(path: Path, text_column: str) -> list[tuple[str, str]]:
 
         if not raw.strip():
             raise UserError(f"--file: {path} is empty (expected a header with a {text_column!r} column)")
-        check_field_counts(path, raw)  # a ragged row would score a missing text as ""
+        try:
+            check_field_counts(path, raw)  # a ragged row would score a missing text as ""
+        except UserError as exc:
+            raise UserError(f"--file: {exc}") from None
         reader = csv.DictReader(io.StringIO(raw))
         header = reader.fieldnames or []
         if text_column not in header:

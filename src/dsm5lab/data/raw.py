@@ -82,9 +82,10 @@ def check_field_counts(path: Path, text: str) -> None:
     csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # a long post is one field (default 128 KiB)
     reader = csv.reader(io.StringIO(text))
     try:
-        header = next(reader)
-        for row_no, row in enumerate(reader, start=1):
-            if row and len(row) != len(header):
+        header = next((row for row in reader if row), [])  # blank lines are skipped, as pandas does
+        records = (row for row in reader if row)
+        for row_no, row in enumerate(records, start=1):
+            if len(row) != len(header):
                 raise UserError(f"{path}: data row {row_no} has {len(row)} fields, the header {len(header)} "
                                 f"({', '.join(header)}); quote fields that contain commas")
     except csv.Error as exc:

@@ -79,8 +79,9 @@ def repair_journal(path: Path) -> Path | None:
     A worker killed mid-append (or a full disk) leaves a last record without its newline or not valid JSON.
     Optuna skips such a tail silently, and the next append glues a record onto it, after which every read
     fails with a JSONDecodeError. The torn bytes are moved to `<file>.torn-<time>` (one line says so) and the
-    study goes on. A bad record followed by good ones is no tear but damage: one line names the file and its
-    byte offset, and nothing is changed. Runs under Optuna's own journal lock, so no writer is cut off."""
+    study goes on; a whole record appended after the torn bytes (on the same line) is kept. A bad record
+    followed by good ones is no tear but damage: one line names the file and its byte offset, and nothing is
+    changed. Runs under Optuna's own journal lock, so no live writer is cut off."""
     import json
     import time
 
@@ -109,14 +110,25 @@ def repair_journal(path: Path) -> Path | None:
             offset += len(line)
         if bad is None:
             return None
+        tail, kept = data[bad:], b""
+        glued = tail.rfind(b'{"op_code"', 1)  # a later append glued onto the torn bytes: keep that record
+        if glued > 0 and tail.endswith(b"\n"):
+            try:
+                if isinstance(json.loads(tail[glued:]), dict):
+                    tail, kept = tail[:glued], tail[glued:]
+            except ValueError:
+                pass
         aside = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
-        aside.write_bytes(data[bad:])
+        aside.write_bytes(tail)
         with path.open("r+b") as fh:
             fh.truncate(bad)
+            fh.seek(bad)
+            fh.write(kept)
             fh.flush()
             os.fsync(fh.fileno())
-    print(f"warning: hpo: the last record of journal {path} was cut off ({len(data) - bad} bytes, a worker "
-          f"killed while writing?); moved to {aside}, the study goes on", file=sys.stderr)
+    print(f"warning: hpo: the last record of journal {path} was cut off ({len(tail)} bytes, a worker killed "
+          f"while writing?); moved to {aside}" + ("; the record appended after it is kept" if kept else "")
+          + ", the study goes on", file=sys.stderr)
     return aside
 
 
