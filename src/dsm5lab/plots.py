@@ -1,8 +1,8 @@
 """`dsm5lab plots`: the project's DVC plots as a page that renders with no network, plus static SVG and PNG.
 
 `dvc plots show` writes a page whose vega, vega-lite and vega-embed scripts come from a CDN, so it is blank on an
-offline machine (where clinical data usually lives). Here DVC fills the same specs and writes the page through an
-HTML template that carries those libraries inline, taken from the pinned `vl-convert-python` wheel; the same
+offline machine (where clinical data usually lives). Here DVC fills the same specs (`dvc plots show --json`, once)
+and the page embeds them with those libraries inline, taken from the pinned `vl-convert-python` wheel; the same
 package renders every spec to SVG and PNG without a browser, for a report or a PR comment.
 """
 
@@ -21,7 +21,6 @@ OUT = Path("reports/plots")
 # DVC's templates, and ours in .dvc/plots, declare the Vega-Lite v5 schema: the page and the static files use
 # the newest v5 that vl-convert ships, not its default v6.
 VL_VERSION = "5.21"
-PLACEHOLDERS = ("{plot_divs}", "{scripts}", "{refresh_tag}")
 # written into every folder `dsm5lab plots` makes: the folder is replaced whole, so only such a folder may be
 MARKER = ".dsm5lab-plots"
 
@@ -50,7 +49,6 @@ _PAGE = """<!DOCTYPE html>
 <html>
 <head>
 <meta charset="utf-8">
-{refresh_tag}
 <title>dsm5lab plots</title>
 <script type="text/javascript">
 __BUNDLE__
@@ -65,21 +63,23 @@ __WRAP__
 </head>
 <body>
 <h1>dsm5lab plots</h1>
-{plot_divs}
+__DIVS__
 </body>
 </html>
 """
 
 
-def page_template() -> str:
-    """The HTML template for `dvc plots show --html-template`: the libraries inline, no CDN, no `{scripts}`."""
+def page(plots: list[tuple[str, dict]]) -> str:
+    """The page: each (div id, filled spec) embedded, the libraries inline (no CDN, no network at all)."""
     import vl_convert
 
+    def embedded(div: str, spec: dict) -> str:
+        js = json.dumps(spec).replace("</", "<\\/")  # a "</script>" inside a label must not end the script
+        return f'<div id="{div}"><script type="text/javascript">vegaEmbed(\'#{div}\', {js});</script></div>'
+
+    divs = "\n".join(embedded(div, spec) for div, spec in plots)
     bundle = vl_convert.javascript_bundle(vl_version=VL_VERSION)
-    clash = [p for p in PLACEHOLDERS if p in bundle]
-    if clash:  # DVC substitutes these strings anywhere in the template, the inlined code included
-        raise RuntimeError(f"the vega bundle contains DVC's placeholder(s) {clash}")
-    return _PAGE.replace("__BUNDLE__", bundle).replace("__WRAP__", _WRAP)
+    return _PAGE.replace("__WRAP__", _WRAP).replace("__DIVS__", divs).replace("__BUNDLE__", bundle)
 
 
 def _dvc(repo: Path, args: list[str]) -> str:
@@ -134,29 +134,28 @@ def render(repo: Path = Path("."), out: Path = OUT, revs: list[str] | None = Non
         raise UserError(f"--out {out}: exists and was not written by `dsm5lab plots` (the folder is replaced "
                         "whole); name a new folder, or remove this one first")
     found = specs(repo, revs)
+    named: list[tuple[str, str, dict]] = []  # (plot id, file stem and div id, spec)
+    for pid, contents in found.items():
+        for i, spec in enumerate(contents):
+            stem = file_stem(pid) + (f"-{i}" if len(contents) > 1 else "")
+            if any(stem == taken for _, taken, _ in named):
+                raise UserError(f"plots {pid!r} and another plot id both make the name {stem!r}: rename one in "
+                                "dvc.yaml")
+            named.append((pid, stem, spec))
     written: dict[str, list[str]] = {}
     with atomic.staged_dir(out) as tmp:
-        template = tmp / ".page-template.html"
-        template.write_text(page_template(), encoding="utf-8")
-        cmd = ["plots", "diff", *revs] if revs else ["plots", "show"]
-        _dvc(repo, [*cmd, "--html-template", str(template), "-o", str(tmp)])
-        template.unlink()
+        (tmp / "index.html").write_text(page([(stem, spec) for _, stem, spec in named]), encoding="utf-8")
         (tmp / MARKER).write_text("written by `dsm5lab plots`; replaced whole on the next run\n")
         static = tmp / "static"
-        static.mkdir(exist_ok=True)
-        for pid, contents in found.items():
-            for i, spec in enumerate(contents):
-                stem = file_stem(pid) + (f"-{i}" if len(contents) > 1 else "")
-                if any(stem in stems for stems in written.values()):
-                    raise UserError(f"plots {pid!r} and another plot id both make the file name {stem!r}: "
-                                    "rename one in dvc.yaml")
-                try:
-                    svg = vl_convert.vegalite_to_svg(spec, vl_version=VL_VERSION)
-                    (static / f"{stem}.svg").write_text(svg, encoding="utf-8")
-                    if png:
-                        (static / f"{stem}.png").write_bytes(
-                            vl_convert.vegalite_to_png(spec, vl_version=VL_VERSION, scale=2))
-                except ValueError as exc:  # vl-convert reports a spec it cannot compile as ValueError
-                    raise UserError(f"plot {pid!r} could not be rendered: {str(exc).splitlines()[0]}") from None
-                written.setdefault(pid, []).append(stem)
+        static.mkdir()
+        for pid, stem, spec in named:
+            try:
+                (static / f"{stem}.svg").write_text(vl_convert.vegalite_to_svg(spec, vl_version=VL_VERSION),
+                                                    encoding="utf-8")
+                if png:
+                    (static / f"{stem}.png").write_bytes(
+                        vl_convert.vegalite_to_png(spec, vl_version=VL_VERSION, scale=2))
+            except ValueError as exc:  # vl-convert reports a spec it cannot compile as ValueError
+                raise UserError(f"plot {pid!r} could not be rendered: {str(exc).splitlines()[0]}") from None
+            written.setdefault(pid, []).append(stem)
     return {"page": str(out / "index.html"), "static": str(out / "static"), "plots": written}
