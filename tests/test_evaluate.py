@@ -198,13 +198,18 @@ def test_predict_bad_input(project, cli, args, fragment):
     assert result.exit_code == 2 and fragment in result.stderr
 
 
-@pytest.mark.parametrize("content,fragment", [
-    ('{"text": "fine"}\n{"text": "cut off\n', "in.jsonl line 2 is not valid JSON"),
-    ('{"body": "no text field"}\n', "in.jsonl line 1 has no string field 'text'"),
+@pytest.mark.parametrize("name,content,fragment", [
+    ("in.jsonl", '{"text": "fine"}\n{"text": "cut off\n', "in.jsonl line 2 is not valid JSON"),
+    ("in.jsonl", '{"body": "no text field"}\n', "in.jsonl line 1 has no string field 'text'"),
+    # a ragged CSV row used to be scored with its missing text read as ""; a header-only file blamed the column
+    ("in.csv", "id,text\n1,hello\n2,one,two\n", "in.csv: data row 2 has 3 fields, the header 2 (id, text)"),
+    ("in.csv", "id,text\n1\n", "in.csv: data row 1 has 1 fields, the header 2"),
+    ("in.csv", "id,text\n", "in.csv has a header but no rows"),
+    ("in.csv", "", "in.csv is empty (expected a header with a 'text' column)"),
 ])
-def test_predict_bad_jsonl_is_one_line(project, cli, content, fragment):
-    Path("in.jsonl").write_text(content)
-    result = cli("predict", "--file", "in.jsonl")
+def test_predict_bad_file_is_one_line(project, cli, name, content, fragment):
+    Path(name).write_text(content)
+    result = cli("predict", "--file", name)
     assert result.exit_code == 2 and fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
@@ -331,16 +336,3 @@ def test_published_baselines_appear_only_beside_real_data(project):
     text = summary_markdown(real)
     assert "Data: `csv:data/redsm5`." in text
     assert "Published on ReDSM5: TF-IDF+LinearSVC 0.39/0.28, bert-base-uncased 0.51/0.36, Llama-3.2-1B 0.544/0.489" in text
-
-
-@pytest.mark.parametrize(("content", "fragment"), [
-    ("id,text\n1,hello\n2,one,two\n", "in.csv: data row 2 has 3 fields, the header 2 (id, text)"),
-    ("id,text\n1\n", "in.csv: data row 1 has 1 fields, the header 2"),
-    ("id,text\n", "in.csv has a header but no rows"),
-    ("", "in.csv is empty (expected a header with a 'text' column)"),
-])
-def test_predict_csv_rows_must_match_the_header(project, cli, content, fragment):
-    """A ragged row used to be scored with a missing text read as ""; a header-only file blamed the column."""
-    Path("in.csv").write_text(content)
-    result = cli("predict", "--file", "in.csv")
-    assert result.exit_code == 2 and fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1

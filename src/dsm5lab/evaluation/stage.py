@@ -155,7 +155,7 @@ def summary_markdown(report: dict) -> str:
     def f(x):
         return "n/a" if x is None else f"{x:.3f}"
 
-    from dsm5lab.evaluation.views import is_real
+    from dsm5lab.evaluation.views import PUBLISHED_NAMES, is_real
 
     origin = report["dataset"]["origin"]
     lines = [f"# Evaluation: {report['model']['path']}", "",
@@ -182,9 +182,8 @@ def summary_markdown(report: dict) -> str:
                   f"| {f(p['macro_f1'])} ({f(p['ci']['macro_f1']['low'])}-{f(p['ci']['macro_f1']['high'])}) "
                   f"| {f(p['weighted_f1'])} | {f(p['exact_match'])} |", ""]
         if "baselines" in p:
-            names = {"tfidf_linearsvc": "TF-IDF+LinearSVC", "bert_base_uncased": "bert-base-uncased",
-                     "llama_3_2_1b": "Llama-3.2-1B"}
-            lines.append("Published on ReDSM5: " + ", ".join(f"{names[k]} {v[0]}/{v[1]}" for k, v in p["baselines"].items())
+            lines.append("Published on ReDSM5: " + ", ".join(f"{PUBLISHED_NAMES[k]} {v[0]}/{v[1]}"
+                                                            for k, v in p["baselines"].items())
                          + " (micro/macro, their 80/20 split).")
         else:
             lines.append("The published ReDSM5 baselines are not shown: they were measured on the real posts, and "

@@ -103,6 +103,8 @@ def criteria_section(val: SplitPredictions, test: SplitPredictions, cfg) -> dict
 
 # ReDSM5's published paper-view results (micro, macro F1; their 80/20 split), for real data only
 PUBLISHED = {"tfidf_linearsvc": [0.39, 0.28], "bert_base_uncased": [0.51, 0.36], "llama_3_2_1b": [0.544, 0.489]}
+PUBLISHED_NAMES = {"tfidf_linearsvc": "TF-IDF+LinearSVC", "bert_base_uncased": "bert-base-uncased",
+                   "llama_3_2_1b": "Llama-3.2-1B"}
 
 
 def is_real(origin: str) -> bool:
