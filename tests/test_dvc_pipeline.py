@@ -14,6 +14,7 @@ import yaml
 
 import browser
 from conftest import ROOT
+from dsm5lab.concurrency import cores
 
 pytestmark = pytest.mark.slow
 
@@ -187,9 +188,10 @@ def test_exp_run_with_override_shows_in_exp_show_and_mlflow(clone):
     assert runs and runs[0].data.params["train.learning_rate"] == "0.002"
     assert runs[0].data.tags.get("dvc_exp_name"), runs[0].data.tags
 
-    # a queued grid, two workers: each experiment runs in a temp copy under .dvc/tmp/exps
+    # a queued grid, two workers: each experiment runs in a temp copy under .dvc/tmp/exps, and with
+    # train.threads=auto takes half the cores
     sh("dvc", "exp", "run", "--queue", "-S", "train.learning_rate=1e-5,3e-5", "-S", "hpo.enabled=false",
-       "-S", "train.epochs=2", "-S", "data.synthetic.n_posts=300", cwd=repo, env=env)
+       "-S", "train.epochs=2", "-S", "data.synthetic.n_posts=300", "-S", "train.threads=auto", cwd=repo, env=env)
     sh("dvc", "queue", "start", "-j", "2", cwd=repo, env=env)
     try:
         wait_for_queue(repo, env)
@@ -200,8 +202,12 @@ def test_exp_run_with_override_shows_in_exp_show_and_mlflow(clone):
     assert sorted(queued.values()) == [1e-5, 3e-5], exp_params(shown, "train", "learning_rate")
     # MLflow runs of queued experiments land in the project's store, tagged with the experiment name
     runs = client.search_runs([client.get_experiment_by_name("dsm5lab").experiment_id])
-    tagged = {r.data.tags.get("dvc_exp_name") for r in runs if r.data.tags.get("mlflow.runName") == "train"}
-    assert set(queued) <= tagged, (queued, tagged)
+    trained = {r.data.tags.get("dvc_exp_name"): r.data.tags for r in runs if r.data.tags.get("mlflow.runName") == "train"}
+    assert set(queued) <= set(trained), (queued, trained)
+    for name in queued:
+        tags = trained[name]
+        assert tags["dsm5lab.threads"] == str(max(1, cores() // 2)), tags
+        assert "2 dvc queue workers" in tags["dsm5lab.threads_rule"], tags
 
     # the curated table: key params and headline metrics, no dependency-hash columns
     table = sh("make", "-s", "exps", "EXP_ARGS=--csv", cwd=repo, env=env)

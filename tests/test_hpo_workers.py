@@ -10,6 +10,7 @@ import uuid
 import optuna
 import pytest
 
+from dsm5lab.concurrency import cores
 from dsm5lab.config.hpo import StaleConfig
 from dsm5lab.hpo.storage import finished_count, open_storage
 from hpo_helpers import dsm5lab, load_study, make_project
@@ -119,15 +120,19 @@ def _check_two_workers(study, n_trials: int) -> None:
 
 
 def test_two_workers_on_a_journal_file(tmp_path):
-    """hpo.workers=2: `hpo run` starts a second worker process itself."""
+    """hpo.workers=2: `hpo run` starts a second worker process itself; with train.threads: auto each of the two
+    takes half the cores."""
     name = f"j{uuid.uuid4().hex[:6]}"
     root = make_project(tmp_path / name, study_name=name, storage="journal:stages/hpo/journal.log", n_trials=4,
-                        workers=2, trial_overrides={"train.epochs": 3})
+                        workers=2, trial_overrides={"train.epochs": 3, "train.threads": "auto"})
     _finish(dsm5lab(root, "hpo", "run"))
     storage = open_storage(f"journal:{root / 'stages/hpo/journal.log'}",
                            StaleConfig(heartbeat_interval_s=10, grace_period_s=60, max_retry=0))
     (study_name,) = optuna.study.get_all_study_names(storage=storage)
-    _check_two_workers(optuna.load_study(study_name=study_name, storage=storage), 4)
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    _check_two_workers(study, 4)
+    share = [t.user_attrs["threads"] for t in study.trials]
+    assert all(s["n"] == max(1, cores() // 2) and "2 local HPO workers" in s["rule"] for s in share), share
 
 
 def test_two_workers_on_postgresql(tmp_path):

@@ -79,6 +79,8 @@ def test_everything_reaches_mlflow_and_dvclive(tmp_path, mlflow_uri):
     report.write_text("{}")
     with Tracker(s) as t:
         t.log_params({"model": {"lr": 0.001, "layers": [1, 2]}, "seed": 7, "out": tmp_path})
+        t.set_tags({"dsm5lab.threads": 1})
+        t.set_tags({"dsm5lab.threads": 2})  # set again: overwritten (a param would be refused)
         for step in range(3):
             t.log_metrics({"train/loss": 1.0 / (step + 1), "val/macro_f1": 0.1 * step}, step=step)
         t.log_summary({"test/macro_f1": 0.42})
@@ -96,6 +98,7 @@ def test_everything_reaches_mlflow_and_dvclive(tmp_path, mlflow_uri):
     assert loss == [(0, 1.0), (1, 0.5), (2, pytest.approx(1 / 3))]
     assert steps_and_values(mlflow_uri, run_id, "test/macro_f1") == [(0, 0.42)]
     assert run.data.tags["git_commit"] == head and run.data.tags["stage"] == "train"
+    assert run.data.tags["dsm5lab.threads"] == "2"
     assert [f.path for f in client(mlflow_uri).list_artifacts(run_id, "reports")] == ["reports/report.json"]
     assert (tmp_path / "run" / "mlflow_run_id").read_text().strip() == run_id
 
@@ -111,6 +114,7 @@ def test_unreachable_mlflow_buffers_and_replays_once(tmp_path, mlflow_uri, caplo
     s = settings(tmp_path, UNREACHABLE, "replayed", tags={"stage": "hpo"})
     with caplog.at_level(logging.WARNING, logger="dsm5lab.tracking"), Tracker(s) as t:
         t.log_params({"optim": {"lr": 0.01}})
+        t.set_tags({"dsm5lab.threads": 1})
         with t.child("trial 0") as trial:
             trial.log_metrics({"val/loss": 0.9}, step=0)
         for step in range(3):
@@ -122,9 +126,9 @@ def test_unreachable_mlflow_buffers_and_replays_once(tmp_path, mlflow_uri, caplo
     assert tsv_steps(tmp_path / "live", "train/loss") == [0, 1, 2]  # dvclive kept going
 
     lines = [json.loads(x) for x in (s.run_dir / BUFFER).read_text().splitlines()]
-    assert [x["type"] for x in lines] == ["tags", "params", "metrics", "metrics", "metrics", "metrics", "end"]
+    assert [x["type"] for x in lines] == ["tags", "params", "tags", "metrics", "metrics", "metrics", "metrics", "end"]
     assert all(x["run_name"] == "run" and x["experiment"] == "replayed" for x in lines)
-    assert [x["step"] for x in lines[2:6]] == [0, 1, 2, None] and all(x["timestamp"] for x in lines[2:6])
+    assert [x["step"] for x in lines[3:7]] == [0, 1, 2, None] and all(x["timestamp"] for x in lines[3:7])
     child_lines = [json.loads(x) for x in (s.run_dir / "trial_0" / BUFFER).read_text().splitlines()]
     assert [x["type"] for x in child_lines] == ["tags", "metrics", "end"]
     assert all(x["parent"] == "run" for x in child_lines)
@@ -135,6 +139,7 @@ def test_unreachable_mlflow_buffers_and_replays_once(tmp_path, mlflow_uri, caplo
     runs = {r.info.run_name: r for r in mc.search_runs([exp.experiment_id])}
     parent, trial = runs["run"], runs["trial 0"]
     assert parent.data.params == {"optim.lr": "0.01"} and parent.data.tags["stage"] == "hpo"
+    assert parent.data.tags["dsm5lab.threads"] == "1"
     assert parent.info.status == "FINISHED"
     assert steps_and_values(mlflow_uri, parent.info.run_id, "train/loss") == [(0, 1.0), (1, 0.9), (2, 0.8)]
     assert parent.data.metrics["test/micro_f1"] == 0.5

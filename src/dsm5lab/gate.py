@@ -216,18 +216,20 @@ def judge(baseline: float | None, current: float, direction: str, tolerance: flo
 MATCH = ("cpu_isa", "pinned", "device", "torch", "threads")
 
 
-def system_key(cpu_isa: str, threads: int) -> dict:
+def system_key(cpu_isa: str, threads: int | str) -> dict:
     """The numerics a run on this machine computes with (numerics.cpu_isa, train.threads), plus the native level."""
     import os
     import platform
 
     import torch
 
+    from dsm5lab.concurrency import resolve_threads
     from dsm5lab.numerics import LEVELS, is_x86, native_level
 
     cuda = torch.cuda.is_available()
+    n_threads = resolve_threads(threads)[0] or os.cpu_count()
     return {"cpu_isa": cpu_isa, "pinned": bool(LEVELS[cpu_isa]) and is_x86() and not cuda,
-            "device": "cuda" if cuda else "cpu", "torch": str(torch.__version__), "threads": threads or os.cpu_count(),
+            "device": "cuda" if cuda else "cpu", "torch": str(torch.__version__), "threads": n_threads,
             "native_capability": native_level(), "machine": platform.machine()}
 
 

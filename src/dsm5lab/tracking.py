@@ -238,6 +238,12 @@ class Tracker:
             self._live.log_params(json.loads(json.dumps(flat, default=str)))  # YAML-safe: Paths etc. as str
         self._send({"type": "params", "params": {k: str(v) for k, v in flat.items()}})
 
+    def set_tags(self, tags: dict) -> None:
+        """MLflow tags on this run (values as strings; a tag set again is overwritten). They join the run's
+        tags, which every buffered record carries, so a replay sets them too."""
+        self._tags.update({str(k): str(v) for k, v in tags.items()})
+        self._send({"type": "tags", "tags": dict(self._tags)})
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Metrics for one step; names are namespaced ('train/loss'). The step comes from the caller."""
         values = {k: float(v) for k, v in metrics.items()}

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from dsm5lab.config.base import Strict
 from dsm5lab.config.hpo import HpoConfig, check_against_params
@@ -163,7 +163,14 @@ class TrainConfig(Strict):
     checkpoint: CheckpointConfig
     deterministic: bool
     num_workers: int = Field(ge=0, le=64)
-    threads: int = Field(ge=0, le=512)
+    threads: int | Literal["auto"]  # 0: torch's default; auto: cores / concurrent processes (dsm5lab.concurrency)
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _threads(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 512):
+            return value
+        raise ValueError("must be an integer 0-512 (0: torch's default) or 'auto' (cores / concurrent processes)")
 
     @model_validator(mode="after")
     def _level_fits_task(self) -> TrainConfig:

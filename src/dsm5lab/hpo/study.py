@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from dsm5lab import layout
+from dsm5lab.concurrency import sharing
 from dsm5lab.config import Params, validate
 from dsm5lab.config.hpo import sqlite_workers_message
 from dsm5lab.errors import UserError
@@ -249,11 +250,13 @@ def run(params: Params, root: Path = Path("."), echo: Echo = _quiet) -> dict:
         if tracker.mlflow_run_id:
             study.set_user_attr(PARENT_ATTR, tracker.mlflow_run_id)
         ctx = StudyContext(params, root, name, tracker.mlflow_run_id)
-        procs = [_spawn_worker(url, name, root) for _ in range(params.hpo.workers - 1)]
-        try:
-            optimize(study, ctx, echo)
-        finally:
-            codes = _join(procs, kill=sys.exc_info()[0] is not None)
+        # hpo.workers processes share the cores: train.threads: auto gives each its share (dsm5lab.concurrency)
+        with sharing(params.hpo.workers):
+            procs = [_spawn_worker(url, name, root) for _ in range(params.hpo.workers - 1)]
+            try:
+                optimize(study, ctx, echo)
+            finally:
+                codes = _join(procs, kill=sys.exc_info()[0] is not None)
         if any(codes):
             raise UserError(f"hpo: {sum(1 for c in codes if c)} of {len(codes)} extra worker(s) failed "
                             f"(exit codes {codes}); see their output above")

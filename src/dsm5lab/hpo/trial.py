@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dsm5lab import layout
+from dsm5lab.concurrency import resolve_threads
 from dsm5lab.config import Params
 from dsm5lab.hpo.space import InvalidTrialParams, base_values, resolved_values, suggest, trial_params
 from dsm5lab.hpo.storage import WORKER_ATTR, worker_tag
@@ -106,6 +107,8 @@ def run_trial(trial, ctx: StudyContext) -> float | list[float]:
         trial.set_user_attr("stop_reason", "invalid params")
         raise
     trial.set_user_attr("values", values)
+    threads, rule = resolve_threads(tp.train.threads)
+    trial.set_user_attr("threads", {"n": threads, "rule": rule})  # build_run applies the same rule
     prepared = ctx.root / layout.PREPARED
     plan = fold_plan(tp, prepared)
     trial.set_user_attr("epochs_planned", tp.train.epochs * len(plan))

@@ -276,8 +276,10 @@ def _log_start(run: Run, tracker) -> dict:
     p, s = run.params, run.state
     if run.resumed_from is not None:
         tracker.event("resume", checkpoint=str(run.resumed_from), step=s.step, epoch=s.epoch + 1)
-    info = system_info(run.device, p.numerics.cpu_isa)
+    info = system_info(run.device, p.numerics.cpu_isa) | {"threads_rule": run.threads_rule}
     tracker.event("system", **info)
+    # tags, not params: a resumed run may get another share of the cores
+    tracker.set_tags({"dsm5lab.threads": info["threads"], "dsm5lab.threads_rule": run.threads_rule})
     tracker.log_params({**flatten(p.model_dump(include={"seed", "model", "train"})), "data.source": p.data.source,
                         "train.micro_batch": s.micro_batch, "train.accumulation": s.accumulation})
     return info

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dsm5lab.concurrency import resolve_threads
 from dsm5lab.config import Params
 from dsm5lab.data.criteria import Criterion, load_criteria
 from dsm5lab.data.labels import SYMPTOMS
@@ -100,6 +101,7 @@ class Run:
     manager: CheckpointManager
     state: TrainState
     resumed_from: Path | None
+    threads_rule: str = "pinned by train.threads"  # why torch runs `threads` threads (resolve_threads)
 
     @property
     def pad_id(self) -> int:
@@ -253,8 +255,9 @@ def build_run(params: Params, paths: RunPaths, *, resume: bool = False, train_id
     from dsm5lab.models.saved import write_run_assets
 
     t, m = params.train, params.model
-    if t.threads:
-        torch.set_num_threads(t.threads)
+    threads, threads_rule = resolve_threads(t.threads)
+    if threads:
+        torch.set_num_threads(threads)
     seed_everything(params.seed, t.deterministic)
     device = pick_device()
     metric = t.early_stopping.metric
@@ -295,4 +298,4 @@ def build_run(params: Params, paths: RunPaths, *, resume: bool = False, train_id
         saved = load_checkpoint(resumed_from, model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
         state = TrainState.from_dict({"micro_batch": micro, "accumulation": accum, **saved})
     return Run(params, paths, device, train_posts, val_posts, criteria, backbone.tokenizer, windower, train_groups,
-               val_groups, model, weights, optimizer, scheduler, scaler, manager, state, resumed_from)
+               val_groups, model, weights, optimizer, scheduler, scaler, manager, state, resumed_from, threads_rule)
