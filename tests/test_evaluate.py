@@ -336,3 +336,51 @@ def test_published_baselines_appear_only_beside_real_data(project):
     text = summary_markdown(real)
     assert "Data: `csv:data/redsm5`." in text
     assert "Published on ReDSM5: TF-IDF+LinearSVC 0.39/0.28, bert-base-uncased 0.51/0.36, Llama-3.2-1B 0.544/0.489" in text
+
+
+def test_span_metrics_compare_with_the_annotators_spans_not_the_sentences():
+    """Held-out sentences are natural, so a gold span can be part of one: span EM is against the span itself."""
+    from conftest import default_params
+
+    from dsm5lab.config import validate
+    from dsm5lab.data.labels import SYMPTOMS
+    from dsm5lab.evaluation import views as ev
+    from dsm5lab.evaluation.stage import Settings
+
+    text = "I feel low. It has been weeks and I cannot sleep well at all."
+    span = (text.index("I cannot"), len(text))
+    c = SYMPTOMS.index("SLEEP_ISSUES")
+    posts = pd.DataFrame({"post_id": ["p"], "text": [text], **{s: [int(s == "SLEEP_ISSUES")] for s in SYMPTOMS}})
+    gold_sent = np.zeros((2, len(SYMPTOMS)), np.int8)
+    gold_sent[1, c] = 1
+    prob_sent = np.where(gold_sent == 1, 0.9, 0.1)
+    spans = np.tile(np.array([-1.0, -1.0, 0.0]), (1, len(SYMPTOMS), 1))
+    spans[0, c] = (*span, 0.8)  # the model points at exactly the annotated words
+    pred = ev.SplitPredictions("test", posts, posts[list(SYMPTOMS)].to_numpy(), None,
+                               [(gold_sent, prob_sent, np.array([[0, 11], [12, len(text)]]))], spans)
+    params = validate(default_params())
+    settings = Settings(seed=0, **{**params.evaluate.model_dump(), "bootstrap_resamples": 10})
+    assert ev.evidence_section(pred, settings)["span"]["exact_match"] == 0.0  # against the whole sentence
+    pred.gold_spans = [[[span] if k == c else [] for k in range(len(SYMPTOMS))]]
+    scored = ev.evidence_section(pred, settings)
+    assert scored["span"]["exact_match"] == 1.0 and scored["sentence"]["per_criterion"]["SLEEP_ISSUES"]["f1"] == 1.0
+
+
+def test_evaluate_scores_spans_against_the_prepared_annotations(project):
+    from dsm5lab.data.labels import SYMPTOMS
+    from dsm5lab.data.schema import read_table
+    from dsm5lab.evaluation import views as ev
+    from dsm5lab.evaluation.stage import Settings, predict_val_test
+
+    params = load_params(Path("params.yaml"))
+    settings = Settings(seed=params.seed, **params.evaluate.model_dump())
+    *_, test = predict_val_test(Path("."), Path("stages/train/model"), settings)
+    ann = read_table(Path("stages/prepare"), "annotations")
+    ann = ann[(ann["split"] == "test") & (ann["status"] == 1) & (ann["start"] >= 0) & ann["symptom"].isin(SYMPTOMS)]
+    want = {(r.post_id, r.symptom, r.start, r.end) for r in ann.itertuples()}
+    got = {(pid, SYMPTOMS[c], s, e) for pid, per in zip(test.posts["post_id"], test.gold_spans)
+           for c, spans in enumerate(per) for s, e in spans}
+    assert got == want and want
+    report = json.loads(Path("reports/evaluate/evaluation_report.json").read_text())
+    assert ev.evidence_section(test, settings)["span"] == report["evidence"]["span"]
+    assert any("segmented naturally" in note for note in report["notes"])

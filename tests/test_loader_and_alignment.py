@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from dsm5lab.data.alignment import Aligner, normalize
 from dsm5lab.data.prepare import align_and_segment, post_labels
-from dsm5lab.data.raw import read_csv_dir
+from dsm5lab.data.raw import RawBundle, read_csv_dir
 from dsm5lab.data.segment import segment
 
 
@@ -27,7 +29,7 @@ def test_reads_quirky_csv(bundle):
 
 
 def test_alignment_methods_and_offsets(bundle):
-    ann, sentences, conflicts = align_and_segment(bundle, fuzzy_threshold=90)
+    ann, sentences, conflicts, _ = align_and_segment(bundle, fuzzy_threshold=90)
     posts = bundle.posts.set_index("post_id")["text"]
     by_id = {(r.sentence_id, r.symptom): r for r in ann.itertuples()}
     assert by_id[("p1_0", "ANHEDONIA")].align_method == "exact"
@@ -44,7 +46,7 @@ def test_alignment_methods_and_offsets(bundle):
 
 
 def test_sentence_labels(bundle):
-    ann, sentences, _ = align_and_segment(bundle, fuzzy_threshold=90)
+    ann, sentences, _, _ = align_and_segment(bundle, fuzzy_threshold=90)
     p2 = sentences[sentences["post_id"] == "p2"].set_index("text")
     shared = p2.loc["I'm not sad though, just worn out."]
     assert shared["FATIGUE"] == 1 and shared["DEPRESSED_MOOD"] == -1  # two symptoms, one a hard negative
@@ -55,7 +57,7 @@ def test_sentence_labels(bundle):
 
 
 def test_unaligned_annotation_still_labels_the_post(bundle):
-    ann, _, _ = align_and_segment(bundle, fuzzy_threshold=90)
+    ann, _, _, _ = align_and_segment(bundle, fuzzy_threshold=90)
     labels = post_labels(bundle.posts, ann).set_index(bundle.posts["post_id"])
     assert ann.loc[ann["post_id"] == "p7", "align_method"].tolist() == ["unaligned"]
     assert labels.loc["p7", "SLEEP_ISSUES"] == 1 and labels.loc["p7", "NO_SYMPTOMS"] == 0
@@ -98,3 +100,34 @@ def test_segment_keeps_annotated_span_whole():
     pieces = [text[s:e] for s, e in segment(text, [span])]
     assert pieces == ["I feel sad. Really sad.", "OK then."]
     assert [text[s:e] for s, e in segment(text, [(0, 6)])][:2] == ["I feel", "sad."]
+
+
+def test_evidence_sentences_overlap_rule():
+    from dsm5lab.data.prepare import evidence_sentences
+
+    starts, ends = np.array([0, 20, 40]), np.array([18, 38, 60])
+    assert evidence_sentences(starts, ends, 5, 25, natural=True).tolist() == [0]  # 13 of the span's 20
+    assert evidence_sentences(starts, ends, 10, 30, natural=True).tolist() == [1]  # 10 of 20: half is enough
+    assert evidence_sentences(starts, ends, 5, 25, natural=False).tolist() == [0, 1]  # cut around it: all touched
+    assert evidence_sentences(np.array([0]), np.array([100]), 10, 20, natural=True).tolist() == [0]  # inside
+    assert evidence_sentences(starts, ends, 0, 60, natural=True).tolist() == [0, 1, 2]  # whole sentences
+    # neither sentence holds half the span or is half covered (a gap between them): the larger overlap wins
+    assert evidence_sentences(np.array([0, 110]), np.array([100, 210]), 60, 150, natural=True).tolist() == [0]
+    assert evidence_sentences(starts, ends, 18, 20, natural=True).tolist() == []  # only the gap: no sentence
+
+
+def test_held_out_posts_are_segmented_without_their_spans():
+    """The same post, natural (val/test) and cut around its span (train): only the boundaries differ."""
+    text = "I can't sleep at night and I wake up at 4am every day. Food tastes like nothing."
+    posts = pd.DataFrame({"post_id": ["p"], "text": [text]})
+    ann = pd.DataFrame({"post_id": ["p"], "sentence_id": ["p_0"], "sentence_text": ["I wake up at 4am every day."],
+                        "symptom": ["SLEEP_ISSUES"], "status": [1]})
+    raw = RawBundle(posts, ann, "test", {})
+    _, forced, _, crosses = align_and_segment(raw, fuzzy_threshold=90)
+    _, natural, _, _ = align_and_segment(raw, fuzzy_threshold=90, natural={"p"})
+    assert list(zip(natural["start"], natural["end"])) == segment(text) != list(zip(forced["start"], forced["end"]))
+    assert natural["text"].tolist() == ["I can't sleep at night and I wake up at 4am every day.",
+                                        "Food tastes like nothing."]
+    assert natural["SLEEP_ISSUES"].tolist() == [1, 0]  # the span lies inside the first natural sentence
+    assert forced.loc[forced["text"] == "I wake up at 4am every day.", "SLEEP_ISSUES"].tolist() == [1]
+    assert crosses.tolist() == [False]

@@ -74,7 +74,9 @@ def test_metrics_file_holds_the_headline_few_and_stats_hold_every_count(default_
     m = json.loads((root / "metrics/prepare.json").read_text())
     leaves = [v for v in m.values() if not isinstance(v, dict)] + [v for d in m.values() if isinstance(d, dict)
                                                                    for v in d.values()]
-    assert len(leaves) <= 6, m
+    assert len(leaves) <= 7, m
+    cross = stats["segmentation"]["spans_crossing_natural_boundaries"]
+    assert m["held_out_spans_crossing_sentences"] == cross["val"] + cross["test"]
     assert m["posts"] == {s: stats["posts"][s] for s in ("train", "val", "test")}
     assert m["aligned_share"] == stats["alignment"]["aligned_share"]
     w = stats["windows"]["train"]
@@ -139,6 +141,53 @@ def test_test_evidence_is_mostly_unseen_phrasing(default_run):
     test = evidence.loc[evidence["split"] == "test", "text"].str.lower().drop_duplicates()
     unseen = (~test.isin(train)).mean()
     assert unseen >= 0.7, unseen
+
+
+def test_no_val_or_test_sentence_boundary_comes_from_an_annotation(default_run):
+    """Held-out posts are cut exactly as `predict` cuts any text; training posts keep their span-forced cuts."""
+    from dsm5lab.data.segment import segment
+
+    root, _ = default_run
+    posts = read_table(root / "stages/prepare", "posts").set_index("post_id")
+    sentences = read_table(root / "stages/prepare", "sentences")
+    forced = 0
+    for pid, rows in sentences.groupby("post_id", sort=False):
+        got = list(zip(rows["start"], rows["end"]))
+        natural = segment(posts.at[pid, "text"])
+        if posts.at[pid, "split"] in ("val", "test"):
+            assert got == natural, pid
+        else:
+            forced += got != natural
+    assert forced > 100, forced  # training posts still have their spans as sentences of their own
+
+
+def test_held_out_evidence_labels_follow_the_overlap_rule(default_run):
+    """Each aligned val/test span marks the sentences it overlaps by half of itself or half of the sentence."""
+    root, _ = default_run
+    ann = read_table(root / "stages/prepare", "annotations")
+    sentences = read_table(root / "stages/prepare", "sentences")
+    stats = json.loads((root / "reports/prepare/stats.json").read_text())["segmentation"]
+    held = ann[ann["split"].isin(["val", "test"]) & (ann["start"] >= 0)]
+    by_post = dict(tuple(sentences.groupby("post_id", sort=False)))
+    expected = {pid: rows[list(SYMPTOMS)].copy() * 0 for pid, rows in by_post.items()
+                if rows["split"].iloc[0] in ("val", "test")}
+    crossing = {"val": 0, "test": 0}
+    for a in held.itertuples():
+        rows = by_post[a.post_id]
+        overlap = (rows["end"].clip(upper=a.end) - rows["start"].clip(lower=a.start)).clip(lower=0)
+        meets = (overlap > 0) & ((2 * overlap >= a.end - a.start) | (2 * overlap >= rows["end"] - rows["start"]))
+        marked = rows.index[meets] if meets.any() else [overlap.idxmax()]
+        if a.symptom in SYMPTOMS:
+            want = expected[a.post_id]
+            was = want.loc[marked, a.symptom]
+            want.loc[marked, a.symptom] = 1 if a.status == 1 else was.where(was == 1, -1)  # a positive wins
+        crossing[a.split] += int((overlap > 0).sum() > 1)
+    for pid, want in expected.items():  # every label of every held-out sentence, rebuilt from the rule alone
+        got = by_post[pid][list(SYMPTOMS)].to_numpy()
+        assert (got == want.to_numpy()).all(), (pid, got.tolist(), want.to_numpy().tolist())
+    assert 0 < sum(crossing.values())
+    # a span overlapping two natural sentences crosses a boundary (hard negatives are counted there too)
+    assert all(stats["spans_crossing_natural_boundaries"][s] >= crossing[s] for s in crossing), (stats, crossing)
 
 
 @pytest.mark.slow  # a second prepare at the full default size

@@ -134,6 +134,11 @@ def prepare(
         f"unaligned {a['unaligned']}; rejected rows: "
         + ", ".join(f"{k} {v}" for k, v in prep.metrics["rejected"].items())
     )
+    seg = prep.metrics["segmentation"]
+    cross, aligned = seg["spans_crossing_natural_boundaries"], seg["aligned_spans"]
+    typer.echo(f"segmentation: val and test natural (as predict), train cut around the spans; "
+               f"{cross['total']} of {aligned['total']} aligned spans cross a natural sentence boundary "
+               f"(val {cross['val']} of {aligned['val']}, test {cross['test']} of {aligned['test']})")
     typer.echo(f"windows: {stage.windows_line(prep.metrics['windows'])}")
     for line in prep.metrics["warnings"]:
         typer.echo(f"warning: prepare: {line}", err=True)

@@ -18,7 +18,7 @@ from dsm5lab.data.criteria import criteria_document, load_criteria
 from dsm5lab.data.labels import ANNOTATION_LABELS, NO_SYMPTOMS, POST_LABELS, SYMPTOMS
 from dsm5lab.data.raw import RawBundle
 from dsm5lab.data.schema import SCHEMA_VERSION, conform
-from dsm5lab.data.segment import segment
+from dsm5lab.data.segment import EVIDENCE_RULE, segment
 from dsm5lab.data.sources import load_bundle
 from dsm5lab.data.splits import check_disjoint, make_splits
 from dsm5lab.errors import UserError
@@ -37,8 +37,24 @@ class Prepared:
     criteria: dict
 
 
-def align_and_segment(bundle: RawBundle, fuzzy_threshold: float):
-    """Align annotations to char offsets, segment posts around them, label sentences."""
+def evidence_sentences(starts: np.ndarray, ends: np.ndarray, start: int, end: int, natural: bool) -> np.ndarray:
+    """Indices of the sentences an aligned span [start, end) marks. Segmented around the spans (natural False),
+    every sentence it touches is inside it; segmented naturally, EVIDENCE_RULE decides."""
+    overlap = np.minimum(ends, end) - np.maximum(starts, start)
+    touched = overlap > 0
+    if not natural or not touched.any():
+        return np.flatnonzero(touched)
+    enough = touched & ((2 * overlap >= end - start) | (2 * overlap >= ends - starts))
+    return np.flatnonzero(enough) if enough.any() else np.array([int(np.argmax(overlap))])
+
+
+def align_and_segment(bundle: RawBundle, fuzzy_threshold: float, natural: frozenset[str] | set[str] = frozenset()):
+    """Align annotations to char offsets, segment posts, label sentences; (annotations, sentences, label
+    conflicts, per annotation: whether its aligned span crosses a natural sentence boundary).
+
+    Posts in `natural` (val and test) are segmented as `predict` segments any text, blind to the annotations,
+    and labelled by EVIDENCE_RULE; the others (train) are cut around the aligned spans, so each span is whole
+    sentences of its own."""
     ann = bundle.annotations
     by_post: dict[str, list[int]] = {}
     for i, pid in enumerate(ann["post_id"]):
@@ -54,6 +70,7 @@ def align_and_segment(bundle: RawBundle, fuzzy_threshold: float):
     label_col = {label: j for j, label in enumerate(ANNOTATION_LABELS)}
     sentence_rows: list[tuple] = []
     conflicts = 0
+    crosses = np.zeros(n_ann, bool)
     posts = bundle.posts
     for pid, text in progress(zip(posts["post_id"], posts["text"]), "aligning", total=len(posts)):
         rows = by_post.get(pid, [])
@@ -66,7 +83,10 @@ def align_and_segment(bundle: RawBundle, fuzzy_threshold: float):
             if m is not UNALIGNED:
                 start[i], end[i], method[i], score[i] = m.start, m.end, m.method, m.score
         spans = sorted({(int(start[i]), int(end[i])) for i in rows if start[i] >= 0})
-        sents = segment(text, spans)
+        blind = segment(text)
+        is_natural = pid in natural
+        sents = blind if is_natural else segment(text, spans)
+        cuts = np.array([e for _, e in blind[:-1]], dtype=np.int64)  # natural boundaries between sentences
         marks = np.zeros((len(sents), len(ANNOTATION_LABELS)), np.int8)
         positive = np.zeros_like(marks, dtype=bool)
         negative = np.zeros_like(marks, dtype=bool)
@@ -75,10 +95,11 @@ def align_and_segment(bundle: RawBundle, fuzzy_threshold: float):
         for i in rows:
             if start[i] < 0:
                 continue
-            covered = np.flatnonzero((starts < end[i]) & (ends > start[i]))
+            covered = evidence_sentences(starts, ends, int(start[i]), int(end[i]), is_natural)
             if len(covered) == 0:
                 method[i], start[i], end[i], score[i] = "unaligned", -1, -1, 0.0
                 continue
+            crosses[i] = bool(((cuts > start[i]) & (cuts < end[i])).any())
             first[i], last[i] = covered[0], covered[-1]
             target = positive if statuses[i] == 1 else negative
             target[covered, label_col[symptoms[i]]] = True
@@ -95,7 +116,7 @@ def align_and_segment(bundle: RawBundle, fuzzy_threshold: float):
         sentence_rows,
         columns=["post_id", "sentence_index", "start", "end", "text", *ANNOTATION_LABELS],
     )
-    return ann, sentences, conflicts
+    return ann, sentences, conflicts, crosses
 
 
 def post_labels(posts: pd.DataFrame, ann: pd.DataFrame) -> pd.DataFrame:
@@ -139,11 +160,12 @@ def fingerprint(posts: pd.DataFrame, ann: pd.DataFrame) -> str:
     return h.hexdigest()
 
 
-def compute_metrics(prep_posts, sentences, ann, bundle: RawBundle, conflicts: int, n_folds: int) -> dict:
-    def per_split(frame: pd.DataFrame) -> dict:
-        counts = frame["split"].value_counts()
-        return {"total": int(len(frame)), **{s: int(counts.get(s, 0)) for s in SPLITS}}
+def per_split(frame: pd.DataFrame) -> dict:
+    counts = frame["split"].value_counts()
+    return {"total": int(len(frame)), **{s: int(counts.get(s, 0)) for s in SPLITS}}
 
+
+def compute_metrics(prep_posts, sentences, ann, bundle: RawBundle, conflicts: int, n_folds: int) -> dict:
     methods = Counter(ann["align_method"])
     n_ann = max(len(ann), 1)
     folds = prep_posts.loc[prep_posts["fold"] >= 0]
@@ -184,12 +206,16 @@ def build(params: Params) -> Prepared:
     criteria = load_criteria(params.data.criteria_file)
     bundle = load_bundle(params.data)
     posts = bundle.posts.sort_values("post_id", kind="stable").reset_index(drop=True)
-    ann, sentences, conflicts = align_and_segment(
-        RawBundle(posts, bundle.annotations, bundle.origin, bundle.rejected), cfg.alignment.fuzzy_threshold
-    )
-    labels = post_labels(posts, ann)
+    # post labels need no alignment (status-1 rows, aligned or not): split first, so that val and test posts
+    # can be segmented blind to their annotations
+    labels = post_labels(posts, bundle.annotations)
     split, fold = make_splits(labels[list(POST_LABELS)].to_numpy(), cfg.split.model_dump(), cfg.n_folds, params.seed)
     check_disjoint(posts["post_id"].tolist(), split.tolist(), fold.tolist())
+    held_out = frozenset(posts["post_id"][np.isin(split, ["val", "test"])])
+    ann, sentences, conflicts, crosses = align_and_segment(
+        RawBundle(posts, bundle.annotations, bundle.origin, bundle.rejected), cfg.alignment.fuzzy_threshold,
+        natural=held_out,
+    )
     sent_counts = sentences["post_id"].value_counts()
     prep_posts = pd.concat(
         [
@@ -208,6 +234,14 @@ def build(params: Params) -> Prepared:
     sentences = sentences.join(where, on="post_id")
     ann = ann.join(where, on="post_id")
     metrics = compute_metrics(prep_posts, sentences, ann, bundle, conflicts, cfg.n_folds)
+    metrics["segmentation"] = {
+        "train": "cut around the aligned annotation spans (each span is whole sentences)",
+        "val_test": "natural, as `dsm5lab predict` segments any text (no annotation is used)",
+        "evidence_rule": EVIDENCE_RULE,
+        # aligned spans a natural segmentation cuts: on val/test these mark more than one sentence, or part of one
+        "spans_crossing_natural_boundaries": per_split(ann.loc[crosses]),
+        "aligned_spans": per_split(ann.loc[ann["start"] >= 0]),
+    }
     metrics["windows"] = coverage.count(params, prep_posts, sentences, [c.description for c in criteria])
     metrics["warnings"] = warnings(metrics, cfg.split.model_dump())
     manifest = {
@@ -293,12 +327,15 @@ def warnings(stats: dict, ratios: dict[str, float]) -> list[str]:
 
 
 def headline(stats: dict) -> dict:
-    """metrics/prepare.json: the few numbers `dvc exp show` needs (posts per split, the aligned share and the
-    share of train evidence training cannot read); every count is in reports/prepare/stats.json."""
+    """metrics/prepare.json: the few numbers `dvc exp show` needs (posts per split, the aligned share, the
+    share of train evidence training cannot read, the val/test gold spans a natural sentence boundary cuts);
+    every count is in reports/prepare/stats.json."""
     out = {"posts": {s: stats["posts"][s] for s in SPLITS}, "aligned_share": stats["alignment"]["aligned_share"]}
     train = stats["windows"].get("train")
     if train and train["evidence"]:
         out["evidence_unread_share"] = round(train["evidence_unread"] / train["evidence"], 4)
+    cross = stats["segmentation"]["spans_crossing_natural_boundaries"]
+    out["held_out_spans_crossing_sentences"] = cross["val"] + cross["test"]  # evidence not whole sentences there
     out["warnings"] = len(stats["warnings"])
     return out
 

@@ -1,15 +1,20 @@
-"""Sentence segmentation of posts, with annotated spans kept whole.
+"""Sentence segmentation of posts, natural or with annotated spans kept whole.
 
 A rule-based splitter (terminal punctuation, line breaks, common abbreviations):
-deterministic, dependency-free and good enough for Reddit prose. Aligned
-annotation spans are then forced to be sentence units of their own, so every
-aligned evidence sentence maps to exact sentence rows.
+deterministic, dependency-free and good enough for Reddit prose. For training
+posts, aligned annotation spans are forced to be sentence units of their own, so
+every aligned evidence sentence maps to exact sentence rows; val, test and
+`predict` use the natural cuts only, and EVIDENCE_RULE labels their sentences.
 """
 
 from __future__ import annotations
 
 import re
 import string
+
+# how a sentence of a naturally segmented post (val, test, predict) becomes evidence for an aligned span
+EVIDENCE_RULE = ("a sentence is evidence for an aligned span when their overlap is at least half the span or half "
+                 "the sentence; a span that no sentence meets so marks the sentence it overlaps most")
 
 _ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof sr jr st vs etc e.g i.e approx dept est inc ltd fig".split()

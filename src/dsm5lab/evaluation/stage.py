@@ -15,6 +15,7 @@ import pandas as pd
 from dsm5lab import atomic, layout, paired
 from dsm5lab.config import Params
 from dsm5lab.data.labels import SYMPTOMS
+from dsm5lab.data.segment import EVIDENCE_RULE
 from dsm5lab.errors import UserError
 
 @dataclass(frozen=True)
@@ -86,6 +87,10 @@ def build_report(params: Params, model_dir: Path, config: dict, manifest: dict, 
             report["notes"].append("The model works at sentence level: post predictions are the max over sentences.")
     if test.spans is not None:
         report["evidence"] = ev.evidence_section(test, settings)
+        report["notes"].append(
+            "Val and test posts are segmented naturally, as `dsm5lab predict` segments any text (training posts "
+            f"are cut around their annotations); sentence labels: {EVIDENCE_RULE}. Span exact match and token F1 "
+            "compare with the annotators' aligned character spans.")
     return report
 
 
@@ -239,6 +244,7 @@ def predict_val_test(root: Path, model_dir: Path, settings: Settings):
     budget = int(config["encode"]["max_chunks"])
     val = ev.predict_split("val", model, windower, val_posts, sentences, settings.batch_size, device, budget)
     test = ev.predict_split("test", model, windower, test_posts, sentences, settings.batch_size, device, budget)
+    test.gold_spans = ev.annotation_spans(prepared, test_posts)
     return config, manifest, val, test
 
 

@@ -31,6 +31,8 @@ class SplitPredictions:
     sentences: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # per post: gold (n,9), prob (n,9), char spans (n,2)
     spans: np.ndarray | None  # (n_posts, 9, 3) best evidence span per criterion: char start, end, score
     beyond_cap: int = 0  # posts with more windows than window_budget (text training never read)
+    # per post, per criterion: the aligned gold annotation spans (char start, end); None: the gold sentences' spans
+    gold_spans: list[list[list[tuple[int, int]]]] | None = None
 
 
 def predict_split(name, model, windower, posts, sentences, batch_size, device,
@@ -162,7 +164,9 @@ def evidence_section(test: SplitPredictions, cfg) -> dict:
                 continue
             scores.append(p[:, c])
             relevant.append(g[:, c])
-            gold_spans.append([tuple(map(int, char[k])) for k in np.flatnonzero(g[:, c])])
+            # the annotators' spans themselves: held-out sentences are natural, not cut to fit them
+            gold_spans.append(test.gold_spans[i][c] if test.gold_spans is not None
+                              else [tuple(map(int, char[k])) for k in np.flatnonzero(g[:, c])])
             s, e, _ = test.spans[i, c]
             pred_spans.append((int(s), int(e)) if s >= 0 else None)
             texts.append(text)
@@ -216,6 +220,16 @@ def error_rows(test: SplitPredictions, thresholds: list[float] | None, limit: in
             "top_sentence", "text"]
     frame = pd.DataFrame(rows, columns=cols)
     return frame.sort_values(["confidence", "post_id", "criterion"], ascending=[False, True, True]).head(limit)
+
+
+def annotation_spans(prepared: Path, posts: pd.DataFrame) -> list[list[list[tuple[int, int]]]]:
+    """Per post of `posts`, per criterion: its aligned positive annotation spans (char offsets), sorted, unique."""
+    ann = read_table(prepared, "annotations")
+    ann = ann[(ann["status"] == 1) & (ann["start"] >= 0) & ann["symptom"].isin(SYMPTOMS)]
+    found: dict[tuple[str, str], set[tuple[int, int]]] = {}
+    for pid, symptom, s, e in zip(ann["post_id"], ann["symptom"], ann["start"], ann["end"]):
+        found.setdefault((pid, symptom), set()).add((int(s), int(e)))
+    return [[sorted(found.get((pid, c), ())) for c in SYMPTOMS] for pid in posts["post_id"]]
 
 
 def load_splits_for_eval(prepared: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
