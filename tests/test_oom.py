@@ -29,6 +29,9 @@ class Recorder:
     def log_metrics(self, *args, **kwargs) -> None:
         pass
 
+    def set_tags(self, *args, **kwargs) -> None:
+        pass
+
     def oom(self) -> list[dict]:
         return [f for kind, f in self.events if kind == "out_of_memory"]
 

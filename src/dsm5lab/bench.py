@@ -56,6 +56,9 @@ class _NullTracker:
     def log_metrics(self, *args, **kwargs) -> None:
         pass
 
+    def set_tags(self, *args, **kwargs) -> None:
+        pass
+
 
 def flops_per_token(n_nonembedding: int, n_layers: int, hidden: int, seq_len: float) -> float:
     """Training FLOPs per token (forward + backward), see FLOPS_FORMULA."""
