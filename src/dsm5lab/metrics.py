@@ -5,7 +5,12 @@ over the classes that have at least one positive in y_true (a class absent from 
 split has no defined recall and is left out, and `n_classes` says how many
 counted); `weighted` is the support-weighted mean over the same classes; `micro`
 pools every (example, class) decision. Results are plain Python values for JSON,
-with None (never NaN) where a value is undefined. numpy only, on purpose.
+with None (never NaN) where a value is undefined.
+
+numpy only, on purpose, rather than scikit-learn's functions: a class without positives (or negatives) gives
+None instead of NaN and a warning, the curves come ordered for the DVC plots, and `dsm5lab gate` stays free
+of a scikit-learn import. tests/test_metrics.py holds F1 (per class, micro, macro, weighted), AUROC, AP and
+the ROC/PR curves to scikit-learn's values within 1e-12 on random inputs with many ties.
 """
 
 from __future__ import annotations
