@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -130,6 +131,30 @@ def check_retention(repo: Path, env: dict, study: str) -> None:
     assert "up to date" in sh("dvc", "status", cwd=repo, env=env)
 
 
+def _untrained_copy(model_dir: Path, dest: Path) -> Path:
+    """The same model with every weight redrawn (seeded): what it would score before any training."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(model_dir, dest)
+    gen = np.random.default_rng(0)
+    weights = {k: v.new_tensor(gen.normal(0, 0.02, tuple(v.shape))) if v.is_floating_point() else v
+               for k, v in load_file(str(model_dir / "model.safetensors")).items()}
+    save_file(weights, str(dest / "model.safetensors"))
+    return dest
+
+
+def check_compare_finds_training(repo: Path, env: dict) -> None:
+    """`dsm5lab compare`: the trained model against the same weights redrawn finds a real difference."""
+    model = _untrained_copy(repo / "stages/train/model", repo.parent / "untrained-model")
+    sh("dsm5lab", "evaluate", "--model", str(model), "--out", str(repo.parent / "untrained"), cwd=repo, env=env)
+    sh("dsm5lab", "compare", str(repo.parent / "untrained/predictions"), "workspace", "--json",
+       str(repo.parent / "compare.json"), cwd=repo, env=env)
+    out = json.loads((repo.parent / "compare.json").read_text())
+    gain = out["metrics"]["test.macro_f1"]
+    assert gain["delta"] > 0 and gain["low"] > 0 and gain["significant"], gain
+    assert out["mcnemar"]["only_b_right"] > out["mcnemar"]["only_a_right"] and out["mcnemar"]["p_value"] < 0.05
+
+
 def test_repro_then_status_is_clean_and_reproduces_the_lock(clone):
     repo, env = clone
     had_lock = (repo / "dvc.lock").exists()
@@ -173,6 +198,7 @@ def test_repro_then_status_is_clean_and_reproduces_the_lock(clone):
             assert produced[stage] == committed[stage], f"dvc.lock differs for stage {stage}"
         assert produced["hpo"]["deps"] == committed["hpo"]["deps"]
         assert produced["hpo"]["params"] == committed["hpo"]["params"]
+    check_compare_finds_training(repo, env)
 
 
 def test_exp_run_with_override_shows_in_exp_show_and_mlflow(clone):
@@ -204,6 +230,10 @@ def test_exp_run_with_override_shows_in_exp_show_and_mlflow(clone):
     shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=repo, env=env))
     queued = {name: lr for name, lr in exp_params(shown, "train", "learning_rate").items() if lr in (1e-5, 3e-5)}
     assert sorted(queued.values()) == [1e-5, 3e-5], exp_params(shown, "train", "learning_rate")
+    # two experiments compared by name: the same prepared data, so the same test posts, paired
+    slow, fast = sorted(queued, key=queued.get)
+    said = sh("dsm5lab", "compare", slow, fast, "--set", "evaluate.bootstrap_resamples=200", cwd=repo, env=env)
+    assert f"A = {slow}, B = {fast}" in said and "McNemar" in said, said
     # MLflow runs of queued experiments land in the project's store, tagged with the experiment name
     runs = client.search_runs([client.get_experiment_by_name("dsm5lab").experiment_id])
     trained = {r.data.tags.get("dvc_exp_name"): r.data.tags for r in runs if r.data.tags.get("mlflow.runName") == "train"}

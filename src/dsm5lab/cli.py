@@ -219,6 +219,40 @@ def evaluate(
     typer.echo(stage.summary_markdown(report))
 
 
+@app.command()
+@user_errors
+def compare(
+    a: Annotated[str, typer.Argument(help="the reference: a git revision, a DVC experiment name, `workspace` or a "
+                                     "folder of test decisions.")],
+    b: Annotated[str, typer.Argument(help="the model compared with it (reported as B - A).")],
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    predictions: Annotated[str, typer.Option("--predictions", help="where evaluate keeps the per-post test "
+                                             "decisions, relative to the project.")] = "reports/evaluate/predictions",
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the full result as JSON here.")] = None,
+) -> None:
+    """Paired bootstrap of B - A on the same test posts (headline metrics, F1 per criterion) and McNemar on exact
+    match; resamples, interval level and seed from params.yaml's evaluate section."""
+    from dsm5lab import atomic, comparison
+
+    cfg = _load(params, set_)
+    result = comparison.run(Path("."), a, b, predictions, cfg.evaluate.bootstrap_resamples, cfg.seed,
+                            round(1 - cfg.evaluate.ci_level, 10))
+    headline, criteria = comparison.rows(result)
+    level = f"{cfg.evaluate.ci_level:.0%}"
+    typer.echo(f"compare: A = {a}, B = {b}, {result['n_posts']} test posts paired, {result['resamples']} resamples "
+               f"(seed {result['seed']}), {level} intervals, two-sided p")
+    _print_table("headline metrics (test split)", comparison.HEADER, headline, width=110)
+    if criteria:
+        _print_table("F1 per criterion at the tuned thresholds (p: Holm-adjusted over the nine)", comparison.HEADER,
+                     criteria, width=110)
+        m = result["mcnemar"]
+        typer.echo(f"McNemar (exact) on exact match: A {m['a_exact_match']:.4f}, B {m['b_exact_match']:.4f}; "
+                   f"only A right {m['only_a_right']}, only B right {m['only_b_right']}, p = {m['p_value']:.4g}")
+    if json_out is not None:
+        atomic.write_json(json_out, result)
+
+
 @app.command("predict")
 @user_errors
 def predict_cmd(
