@@ -5,13 +5,17 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
+import socket
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
+from dsm5lab import tracking
 from dsm5lab.tracking import BUFFER, Tracker, TrackingSettings, default_tags, replay, resolve_uri
 
 UNREACHABLE = "http://127.0.0.1:9"  # discard port: connection refused at once
@@ -35,6 +39,27 @@ def clean_env(tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    monkeypatch.setattr(tracking, "_UNREACHABLE", {})  # each test starts as a fresh process would
+
+
+@pytest.fixture
+def silent_server():
+    """A loopback MLflow 'server' that takes connections (the kernel completes them) and never answers."""
+    with socket.create_server(("127.0.0.1", 0), backlog=16) as server:
+        yield server, f"http://127.0.0.1:{server.getsockname()[1]}"
+
+
+def connections(server: socket.socket) -> int:
+    """How many connections the silent server got since last asked (closes them)."""
+    server.setblocking(False)
+    n = 0
+    while True:
+        try:
+            conn, _ = server.accept()
+        except BlockingIOError:
+            return n
+        conn.close()
+        n += 1
 
 
 def settings(tmp_path: Path, uri: str, experiment: str, **kw) -> TrackingSettings:
@@ -168,6 +193,7 @@ def test_failure_mid_run_buffers_the_rest_and_replay_continues_it(tmp_path, mlfl
         t.log_metrics({"train/loss": 0.25}, step=2)
     monkeypatch.undo()
     assert len(tracking_warnings(caplog)) == 1 and len(calls) == 1  # no retry per record once it failed
+    assert not tracking._UNREACHABLE  # a local store is never skipped by later trackers
     run_id = t.mlflow_run_id
     assert steps_and_values(mlflow_uri, run_id, "train/loss") == [(0, 1.0)]
     assert client(mlflow_uri).get_run(run_id).info.status == "RUNNING"
@@ -177,6 +203,55 @@ def test_failure_mid_run_buffers_the_rest_and_replay_continues_it(tmp_path, mlfl
     assert client(mlflow_uri).get_run(run_id).info.status == "FINISHED"
     exp = client(mlflow_uri).get_experiment_by_name("mid-run")
     assert len(client(mlflow_uri).search_runs([exp.experiment_id])) == 1
+
+
+def test_a_silent_server_costs_one_wait_per_process_and_its_records_replay(
+        tmp_path, mlflow_uri, silent_server, monkeypatch, caplog):
+    """A server that accepts and never answers: the first tracker gives up after 2 tries x 5 s (the defaults),
+    later ones in the process buffer without connecting; every buffer replays into a working store."""
+    server, uri = silent_server
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT")  # the defaults, as a user gets them
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    import mlflow.tracking  # noqa: F401 - its import time is not the wait measured here
+
+    seconds, got = [], []
+    with caplog.at_level(logging.WARNING, logger="dsm5lab.tracking"):
+        for trial in range(3):
+            s = TrackingSettings(mlflow_uri=uri, experiment="silent", run_name=f"trial-{trial}",
+                                 live_dir=None, run_dir=tmp_path / f"trial-{trial}")
+            started = time.monotonic()
+            with Tracker(s) as t:
+                t.log_params({"trial": trial})
+                t.log_metrics({"val/loss": 1.0 / (trial + 1)}, step=0)
+            seconds.append(time.monotonic() - started)
+            got.append(connections(server))
+    assert 9.5 < seconds[0] < 20, seconds  # MLflow's own defaults wait minutes, ours used to wait ~95 s
+    assert seconds[1] < 1 and seconds[2] < 1, seconds
+    assert got == [2, 0, 0]  # one try and one retry, then no connection at all
+    [warning] = tracking_warnings(caplog)
+    assert uri in warning.getMessage() and "unreachable" in warning.getMessage()
+
+    for trial in range(3):
+        lines = [json.loads(x) for x in (tmp_path / f"trial-{trial}" / BUFFER).read_text().splitlines()]
+        assert [x["type"] for x in lines] == ["tags", "params", "metrics", "end"]
+    assert replay(tmp_path, uri=mlflow_uri) == 12
+    mc = client(mlflow_uri)
+    runs = mc.search_runs([mc.get_experiment_by_name("silent").experiment_id])
+    assert sorted((r.info.run_name, r.data.params["trial"], r.data.metrics["val/loss"], r.info.status)
+                  for r in runs) == [("trial-0", "0", 1.0, "FINISHED"), ("trial-1", "1", 0.5, "FINISHED"),
+                                     ("trial-2", "2", pytest.approx(1 / 3), "FINISHED")]
+
+
+@pytest.mark.parametrize("user", [None, {"MLFLOW_HTTP_REQUEST_TIMEOUT": "77",
+                                          "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4"}])
+def test_http_timeouts_are_short_unless_the_user_set_them(monkeypatch, user):
+    for var in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
+        monkeypatch.delenv(var)
+    for var, value in (user or {}).items():
+        monkeypatch.setenv(var, value)
+    tracking._client(UNREACHABLE)  # no request: the client connects on its first call
+    want = user or {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
+    assert {var: os.environ[var] for var in want} == want
 
 
 @pytest.mark.parametrize(("error", "status"), [(RuntimeError, "FAILED"), (KeyboardInterrupt, "KILLED")])

@@ -1,7 +1,8 @@
 """One tracking context per run: dvclive (for `dvc exp show`/`dvc plots`), MLflow, and a JSONL event log.
 
 MLflow trouble never stops training: after the first failure every MLflow record goes to
-`run_dir/mlflow_buffer.jsonl`, which `replay()` sends later.
+`run_dir/mlflow_buffer.jsonl`, which `replay()` sends later. A server found unreachable is skipped by
+every later tracker of the process (`_UNREACHABLE`), so HPO trials do not each wait for it again.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 import os
 import re
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -72,12 +74,47 @@ def default_tags() -> dict[str, str]:
     return tags
 
 
+# A server that accepts connections but never answers costs (retries + 1) x timeout per tracker; MLflow's
+# defaults (120 s, 7 retries with backoff 2) make that minutes, our old 30 s x 3 about 95 s. We buffer
+# anyway, so waiting buys nothing: 5 s x 2 tries. The timeout is per socket operation (a slow upload that
+# keeps moving is fine); only the server's reply must come within it, so raise MLFLOW_HTTP_REQUEST_TIMEOUT
+# for a server that answers slowly (one copying big artifacts to S3 before replying). Backoff is left to
+# MLflow: urllib3 sleeps 0 s before a first retry, and a user who raises the retries keeps MLflow's backoff.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
+
+# Remote MLflow URIs this process could not reach (refused, timed out), with the error. A tracker opened
+# later with one of them buffers at once: a hanging server costs one wait per process, not one per HPO trial.
+# Only REST stores enter: a local one (sqlite) fails fast, and its errors (a locked database) pass.
+_UNREACHABLE: dict[str, str] = {}
+
+
+def _is_remote(uri: str) -> bool:
+    """MLflow's REST stores, the ones MLFLOW_HTTP_REQUEST_* apply to."""
+    return uri.partition(":")[0].lower() in ("http", "https", "databricks")
+
+
+def _network_error(exc: BaseException | None) -> BaseException | None:
+    """The error in exc's chain saying the server could not be connected to or did not answer, if any."""
+    kinds: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)  # TimeoutError is socket.timeout
+    requests = sys.modules.get("requests")  # imported by MLflow's REST client if that is what failed
+    if requests is not None:
+        kinds += (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kinds):
+            # requests wraps urllib3's MaxRetryError, whose reason is the readable part (refused, timed out)
+            reason = getattr(exc.args[0], "reason", None) if exc.args else None
+            return reason if isinstance(reason, BaseException) else exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__  # MLflow re-raises requests' errors as MlflowException
+    return None
+
+
 def _client(uri: str):
     # Training jobs should not phone home, print run URLs into DVC logs, or draw bars under CI.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    # A down server should cost seconds, not MLflow's default ~4 minutes of retries: we buffer anyway.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    for name, value in HTTP_DEFAULTS.items():  # the user's own values win
+        os.environ.setdefault(name, value)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     if quiet():
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -145,7 +182,11 @@ class _MlflowState:
     """Shared by a tracker and its children: one client, one failure switch, one warning."""
 
     def __init__(self, uri: str):
-        self.uri, self.failed, self.client = uri, False, None
+        self.uri, self.broken, self.client = uri, False, None
+
+    @property
+    def failed(self) -> bool:
+        return self.broken or self.uri in _UNREACHABLE
 
 
 class Tracker:
@@ -191,6 +232,9 @@ class Tracker:
         s, id_file = self.settings, Path(self.settings.run_dir) / RUN_ID_FILE
         stored = id_file.read_text(encoding="utf-8").strip() if s.resume and id_file.exists() else None
         if self._ml.failed:
+            if self.parent is None and self._ml.uri in _UNREACHABLE:
+                log.info("MLflow at %s was unreachable earlier in this process (%s); buffering to %s",
+                         self._ml.uri, _UNREACHABLE[self._ml.uri], self.buffer_path)
             self._run_id = stored  # buffered records name it, so replay() can continue that run
             self._buffer({"type": "tags", "tags": self._tags})
             return
@@ -213,11 +257,17 @@ class Tracker:
         id_file.write_text(self._run_id + "\n", encoding="utf-8")
 
     def _fail(self, exc: BaseException) -> None:
-        if not self._ml.failed:
-            detail = (str(exc).splitlines() or [""])[0][:300]  # one line, whatever the server sent
-            log.warning("MLflow at %s failed (%s: %s); buffering MLflow records to %s for replay()",
-                        self._ml.uri, type(exc).__name__, detail, self.buffer_path)
-        self._ml.failed = True
+        uri, network = self._ml.uri, _network_error(exc)
+        if _is_remote(uri) and network is not None:
+            if uri not in _UNREACHABLE:  # the only line for this URI in this process
+                _UNREACHABLE[uri] = _one_line(network)
+                log.warning("MLflow at %s is unreachable (%s); this process tries it no more and buffers "
+                            "MLflow records to each run's %s (this one: %s) for `dsm5lab tracking replay`",
+                            uri, _UNREACHABLE[uri], BUFFER, self.buffer_path)
+        elif not self._ml.failed:
+            log.warning("MLflow at %s failed (%s); buffering MLflow records to %s for replay()",
+                        uri, _one_line(exc), self.buffer_path)
+        self._ml.broken = True
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         killed = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
@@ -316,6 +366,11 @@ class Tracker:
         self.buffer_path.parent.mkdir(parents=True, exist_ok=True)
         with self.buffer_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+
+def _one_line(exc: BaseException) -> str:
+    detail = (str(exc).splitlines() or [""])[0][:300]  # one line, whatever the server sent
+    return f"{type(exc).__name__}: {detail}"
 
 
 def _now_ms() -> int:
