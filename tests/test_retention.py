@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -183,6 +184,7 @@ def test_cli_dry_run_prints_the_plan_and_writes_nothing(tmp_path, cli, monkeypat
     root = project(tmp_path, keep_best_k=2, keep_last_n=0)
     leftover = root / "checkpoints/train/.step-00000040.tmp-99"  # a write in progress: not touched either
     leftover.mkdir()
+    (root / "stages/.retention.tmp-ab12cd34").mkdir(parents=True)  # a killed run's: the next real run clears it
     monkeypatch.chdir(root)
     everything = sorted(p.relative_to(root) for p in root.rglob("*"))
     result = cli("retention", "--dry-run")
@@ -341,6 +343,135 @@ def test_a_deletion_interrupted_inside_a_folder_is_cleaned_up_next_time(tmp_path
     manifest = stage.run(params_of(root), root)
     assert not list((root / "checkpoints/train").glob(".*tmp-gc*"))
     assert ("train", 10) not in {(e["run"], e["step"]) for e in manifest["deleted"] + manifest["kept"]}
+
+
+# `dsm5lab retention` in a process that SIGKILLs itself at one point of the work: no finally block or
+# atexit runs, as with kill -9 or the OOM killer (SIGTERM and Ctrl-C unwind, and atomic cleans up then)
+KILLED = """
+import os, signal, sys
+from pathlib import Path
+from dsm5lab import retention
+from dsm5lab.cli import main
+from dsm5lab.pool.registry import Registry
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def after(real, check=lambda *a: True):
+    def wrapper(*args):
+        real(*args)
+        if check(*args):
+            die()
+    return wrapper
+
+point = sys.argv[1]
+if point == "copy":  # the first kept checkpoint is in the temp folder, the second is not
+    retention._copy_checkpoint = after(retention._copy_checkpoint)
+elif point == "swap":  # the previous out moved aside, the new one not yet in its place
+    os.replace = after(os.replace, lambda src, dst: Path(dst).name.startswith(".retention.old-"))
+elif point == "delete":  # one run's checkpoints deleted, the other runs' not yet
+    Registry.remove = after(Registry.remove)
+sys.argv = ["dsm5lab", "retention"]
+main()
+"""
+
+
+def kill_retention(root: Path, point: str) -> None:
+    proc = subprocess.run([sys.executable, "-c", KILLED, point], cwd=root, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+
+
+def leftovers(root: Path) -> list[str]:
+    """Hidden names of the retention stage beside its out and its reports."""
+    return sorted(p.relative_to(root).as_posix() for d in ("stages", "metrics", "reports/retention")
+                  for p in (root / d).glob(".*") if ".retention" in p.name or ".manifest" in p.name)
+
+
+@pytest.mark.parametrize("points", [["copy"], ["swap"], ["delete"], ["delete", "delete"]])
+def test_killed_with_sigkill_the_rerun_cleans_up_and_reports_the_whole_effect(tmp_path, cli, monkeypatch, points):
+    """After kill -9 mid-copy, mid-swap or mid-delete (twice in a row too), the next run removes the temp
+    folders left behind and its metrics count from the pool as the first, interrupted run found it."""
+    root = project(tmp_path, keep_best_k=2, keep_last_n=0)
+    stage.run(params_of(root, "retention.dry_run=true"), root)  # a previous out, for the swap to move aside
+    found = stage.run(params_of(root), root, write=False)  # the plan: reads only, as the first run will find it
+    for point in points:
+        kill_retention(root, point)
+    left = leftovers(root)
+    assert "stages/.retention.journal.json" in left
+    if points == ["copy"]:
+        assert [p for p in left if ".tmp-" in p] and not [p for p in left if ".old-" in p]
+    if points == ["swap"]:  # the previous out is only in its .old- folder now
+        assert [p for p in left if ".tmp-" in p] and [p for p in left if ".old-" in p]
+        assert not (root / layout.RETAINED).exists()
+    if points[0] == "delete":
+        assert len(left) == 1 and len(on_disk(root)) > 2  # the out was in place; deleting went part of the way
+
+    monkeypatch.chdir(root)
+    result = cli("retention")
+    assert result.exit_code == 0, result.output
+    assert leftovers(root) == []
+    temps = [p for p in left if ".tmp-" in p or ".old-" in p]
+    assert (f"removed {len(temps)} leftover" in result.output) == bool(temps), result.output
+    assert "finishing an interrupted run: counting from the pool as it found it (7 checkpoints" in result.output
+    best2 = [(f"hpo/{STUDY}/trial-0000", 20), ("train", 20)]
+    assert tracked(root) == best2 and on_disk(root) == {(run, f"step-{step:08d}") for run, step in best2}
+
+    metrics = json.loads((root / layout.RETENTION_METRICS).read_text())
+    before = found["bytes"]["before"]["total"]
+    files = [*(root / "checkpoints").rglob("step-*/*"), *(root / "checkpoints").rglob("assets/*"),
+             *(f for f in (root / layout.RETAINED).rglob("*") if f.is_file())]
+    after = sum({(f.stat().st_dev, f.stat().st_ino): f.stat().st_size for f in files}.values())
+    assert metrics["bytes"]["before"] == before and metrics["bytes"]["after"] == after
+    assert metrics["reduction_pct"] == round(100 * (before - after) / before, 2) > 60
+    assert metrics["checkpoints"] == {"before": 7, "kept": 2, "best_k": 2, "deleted": 5}
+    manifest = json.loads((root / layout.RETENTION_MANIFEST).read_text())
+    assert manifest["bytes"]["before"] == found["bytes"]["before"]
+    assert manifest["interrupted_run"]["checkpoints_before"] == 7
+    assert manifest["interrupted_run"]["deleted"] + len(manifest["deleted"]) == 5
+
+    result = cli("retention")  # complete now: a second run starts from the pool as it is and deletes nothing
+    assert "interrupted" not in result.output
+    assert json.loads((root / layout.RETENTION_METRICS).read_text())["checkpoints"] == {
+        "before": 2, "kept": 2, "best_k": 2, "deleted": 0}
+
+
+def test_the_journal_of_an_interrupted_run_is_dropped_once_the_pool_has_grown(tmp_path, cli, monkeypatch):
+    """A new trial after the kill: its checkpoints were never in the interrupted run's "before"."""
+    root = project(tmp_path, keep_best_k=2, keep_last_n=0)
+    kill_retention(root, "delete")
+    fill_pool(root, {f"hpo/{STUDY}/trial-0003": [0.1]})
+    found = stage.run(params_of(root), root, write=False)
+    count = len(on_disk(root))
+    monkeypatch.chdir(root)
+    result = cli("retention")
+    assert result.exit_code == 0 and "does not match the pool now" in result.output, result.output
+    metrics = json.loads((root / layout.RETENTION_METRICS).read_text())
+    assert metrics["bytes"]["before"] == found["bytes"]["before"]["total"]
+    assert metrics["checkpoints"]["before"] == count < 7 + 1 and metrics["checkpoints"]["deleted"] == count - 2
+    assert leftovers(root) == []
+
+
+def test_only_the_stages_own_leftovers_are_removed(tmp_path, cli, monkeypatch):
+    """Names that merely look alike (another out's temp folder, a folder of the user's) stay."""
+    root = project(tmp_path, keep_best_k=2, keep_last_n=0)
+    ours = ["stages/.retention.tmp-ab_9cd12", "stages/.retention.old-4242", "metrics/.retention.json.k2j4h5g6",
+            "reports/retention/.manifest.json.x1y2z3w4", "stages/..retention.journal.json.q1w2e3r4"]
+    theirs = ["stages/.train.tmp-ab_9cd12", "stages/.retention.tmp-keep", "stages/.retention.bak",
+              "stages/.retention.old-4242x", "stages/retention-notes", "metrics/.retention.json.bak",
+              "metrics/.train.json.k2j4h5g6", "checkpoints/.retention.tmp-ab_9cd12"]
+    for name in ours + theirs:
+        path = root / name
+        if ".json." in name:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("{")
+        else:
+            path.mkdir(parents=True)
+    monkeypatch.chdir(root)
+    result = cli("retention")
+    assert result.exit_code == 0, result.output
+    assert f"removed {len(ours)} leftovers of an interrupted run" in result.output
+    assert not any((root / n).exists() for n in ours) and all((root / n).exists() for n in theirs)
 
 
 def test_an_empty_pool_is_one_error_line_and_writes_nothing(tmp_path, cli, monkeypatch):

@@ -15,7 +15,9 @@ Order of work, so that a kill at any point loses nothing:
    the pool's copies of the kept ones stripped of their training state, except those kept as a
    run's last N (resume points);
 3. the manifest and metrics are written last, atomically.
-A re-run after a kill redoes the plan on what is left; a second run deletes nothing.
+A re-run after a kill redoes the plan on what is left, first removing the temp folders a kill -9 left
+(`clear_leftovers`), and reports the whole effect: the pool as the interrupted run found it is kept in a
+journal until a run completes (`carry_over`). A second run deletes nothing.
 
 Bytes are counted on disk in every place a checkpoint lives: the pool's in-scope runs, the tracked
 set and the DVC cache objects of the tracked set (`accounting`), each file once however many hard
@@ -28,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from functools import cached_property
@@ -37,12 +40,14 @@ from typing import Any
 from dsm5lab import atomic, layout
 from dsm5lab.config import Params
 from dsm5lab.errors import UserError
-from dsm5lab.progress import progress
+from dsm5lab.progress import progress, say
 from dsm5lab.pool.policy import Decision, decide_retention, mode_for
 from dsm5lab.pool.registry import REGISTRY, WEIGHT_FILES, Registry, written_bytes
 
 INDEX = "index.json"  # inside layout.RETAINED: the tracked checkpoints, best first, then last-N-only ones
 ASSETS = "assets"  # a run's tokenizer/config folder: a checkpoint loads with its run's assets beside it
+# the pool as a run found it, kept until a run completes (carry_over); beside the out, in no DVC out
+JOURNAL = layout.RETAINED.with_name(f".{layout.RETAINED.name}.journal.json")
 
 
 @dataclass
@@ -161,6 +166,54 @@ def write_tracked(out: Path, pool: Path, tracked: list[Decision], index: list[di
             if assets.is_dir() and not (dst.parent / ASSETS).exists():
                 _copytree(assets, dst.parent / ASSETS)
         atomic.write_json(tmp / INDEX, index)
+
+
+def clear_leftovers(root: Path) -> list[Path]:
+    """Remove what a killed run of this stage left beside its outputs; the paths removed.
+
+    A kill -9 (or the OOM killer) skips atomic's own cleanup, and nothing else would ever remove these.
+    Only this stage's names, in atomic's exact shapes: `staged_dir`'s `.retention.tmp-XXXXXXXX` and
+    `replace_dir`'s `.retention.old-<pid>` beside stages/retention, and `write_text`'s `.<name>.XXXXXXXX`
+    beside metrics/retention.json, the manifest and the journal.
+    """
+    out = root / layout.RETAINED
+    own = re.compile(rf"\.{re.escape(out.name)}\.(tmp-[a-z0-9_]{{8}}|old-\d+)")
+    found = [p for p in out.parent.glob(f".{out.name}.*")
+             if own.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+    for f in (layout.RETENTION_METRICS, layout.RETENTION_MANIFEST, JOURNAL):
+        temp = re.compile(rf"\.{re.escape(f.name)}\.[a-z0-9_]{{8}}")  # tempfile's 8 random characters
+        found += [p for p in (root / f.parent).glob(f".{f.name}.*")
+                  if temp.fullmatch(p.name) and p.is_file() and not p.is_symlink()]
+    for p in found:
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    return found
+
+
+def carry_over(root: Path, key: dict, ids: list[str], before: dict[str, int], count: int) -> dict | None:
+    """The journal of an interrupted run of this plan, if one applies; else write this run's and return None.
+
+    A run killed after it deleted some checkpoints would leave the next one measuring only the rest, so
+    the pool as the first run found it is written down before anything is copied or deleted. A later run
+    takes it over while the pool has only shrunk since: same pool, scope, study, metric and runs, and no
+    checkpoint the journal does not list (a re-trained run or a new trial makes it a different pool).
+    """
+    path = root / JOURNAL
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if old["key"] == key and set(ids) <= set(old["checkpoints"]) and isinstance(old["count"], int) \
+                and isinstance(old["before"]["total"], int):
+            return old
+        say(f"retention: {JOURNAL} of an interrupted run does not match the pool now (new checkpoints, runs, "
+            "scope or study); counting from the pool as it is")
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        say(f"retention: ignored the unreadable {JOURNAL} ({exc}); counting from the pool as it is")
+    atomic.write_json(path, {"key": key, "checkpoints": sorted(ids), "before": before, "count": count})
+    return None
 
 
 def _files(*dirs: Path):
@@ -304,6 +357,11 @@ def run(params: Params, root: Path = Path("."), dry_run: bool | None = None, wri
     root = Path(root)
     rp = params.retention
     dry = (rp.dry_run if dry_run is None else dry_run) or not write
+    if write:  # --dry-run writes and deletes nothing, leftovers included
+        gone = clear_leftovers(root)
+        if gone:
+            say(f"retention: removed {len(gone)} leftover{'s' if len(gone) > 1 else ''} of an interrupted "
+                "run: " + ", ".join(p.relative_to(root).as_posix() for p in gone))
     metric = params.train.early_stopping.metric
     mode = mode_for(metric)
     pool = root / params.train.checkpoint.dir
@@ -352,6 +410,17 @@ def run(params: Params, root: Path = Path("."), dry_run: bool | None = None, wri
                   key=lambda d: (d.rank is None, d.rank or 0, d.record["run"], d.record["step"]))
     dropped = [d for d in decisions if not d.keep]
     index = [{**_entry(d), "path": f"{d.record['run']}/{d.record['path']}"} for d in kept]
+    count = len(records) + len(other_metric)
+    before_count, resumed = count, None
+    if not dry:  # what an interrupted run of this plan deleted is part of this run's effect
+        key = {"pool": params.train.checkpoint.dir, "scope": rp.scope, "study": study, "metric": metric,
+               "runs": scoped}
+        resumed = carry_over(root, key, [f"{r['run']}/{r['path']}" for r in records + other_metric],
+                             before_bytes, count)
+        if resumed is not None:
+            before_bytes, before_count = resumed["before"], resumed["count"]
+            say("retention: finishing an interrupted run: counting from the pool as it found it "
+                f"({before_count} checkpoints, {before_bytes['total'] / 1e6:.1f} MB)")
     if write:
         write_tracked(root / layout.RETAINED, pool, kept, index)
     if not dry:
@@ -395,12 +464,14 @@ def run(params: Params, root: Path = Path("."), dry_run: bool | None = None, wri
     }
     if dry:
         manifest["would_free_bytes"] = freed
+    if resumed is not None:  # `deleted` lists this run's deletions; before counts the interrupted run's too
+        manifest["interrupted_run"] = {"checkpoints_before": before_count, "deleted": before_count - count}
     if not write:
         return manifest
     metrics = {
-        "checkpoints": {"before": len(records) + len(other_metric), "kept": len(kept),
+        "checkpoints": {"before": before_count, "kept": len(kept),
                         "best_k": sum(not {"best", "best_k"}.isdisjoint(d.reasons) for d in kept),
-                        "deleted": 0 if dry else len(dropped)},
+                        "deleted": 0 if dry else before_count - count + len(dropped)},
         # bytes on disk in the pool's in-scope runs, the tracked set and its DVC cache objects (each file once);
         # written = every checkpoint the in-scope runs saved; freed_pct = the share of that no longer on disk
         "bytes": {"before": before, "after": after, "written": written},
@@ -411,4 +482,6 @@ def run(params: Params, root: Path = Path("."), dry_run: bool | None = None, wri
     }
     atomic.write_json(root / layout.RETENTION_MANIFEST, manifest)
     atomic.write_json(root / layout.RETENTION_METRICS, metrics)
+    if not dry:  # complete: the next run starts from the pool as it finds it
+        (root / JOURNAL).unlink(missing_ok=True)
     return manifest
