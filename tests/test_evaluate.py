@@ -88,24 +88,33 @@ def test_an_invalid_report_fails(project):
 
 
 def test_thresholds_only_ever_see_validation(project, monkeypatch):
-    """tune_thresholds receives exactly the validation predictions, and test changes cannot move them."""
+    """Criteria and evidence-sentence thresholds are tuned on exactly the validation predictions, and test
+    changes cannot move them."""
+    from dsm5lab.evaluation import operating, stage
     from dsm5lab.evaluation import views as ev
-    from dsm5lab.evaluation import stage
 
-    seen = []
+    seen, seen_sentences = [], []
     real = ev.tune_thresholds
 
-    def spy(y, p, grid=None):
-        seen.append((np.array(y), np.array(p)))
-        return real(y, p, grid)
+    def spy(into):
+        def fn(y, p, grid=None):
+            into.append((np.array(y), np.array(p)))
+            return real(y, p, grid)
 
-    monkeypatch.setattr(ev, "tune_thresholds", spy)
+        return fn
+
+    monkeypatch.setattr(operating, "tune_thresholds", spy(seen))  # criteria (objective f1)
+    monkeypatch.setattr(ev, "tune_thresholds", spy(seen_sentences))  # evidence sentences
     params = load_params("params.yaml", EVAL)
     report = stage.run(params, Path("."), out_dir=Path("spy"))
     posts = pd.read_parquet("stages/prepare/posts.parquet")
     val = posts[posts["split"] == "val"]
+    _, _, sentences = ev.load_splits_for_eval(Path("stages/prepare"))
     from dsm5lab.data.labels import SYMPTOMS
 
+    assert len(seen_sentences) == 1
+    assert seen_sentences[0][0].shape[0] == sentences["post_id"].isin(set(val["post_id"])).sum()
+    assert report["evidence"]["sentence"]["tuned"]["thresholds"] == dict(zip(SYMPTOMS, real(*seen_sentences[0])))
     assert len(seen) == 1 and seen[0][0].shape[0] == len(val)
     assert (seen[0][0] == val[list(SYMPTOMS)].to_numpy()).all()
     # the same val predictions with scrambled test predictions give the same thresholds
@@ -146,13 +155,13 @@ def test_predict_arguments(project, cli):
     assert [x["id"] for x in lines] == ["0", "1"]
     first = lines[0]
     assert set(first["probabilities"]) == set(first["decisions"]) == set(first["thresholds"])
-    thresholds = json.loads(Path("stages/evaluate/model/config.json").read_text())["thresholds"]
-    assert first["thresholds"] == thresholds  # the tuned ones
+    config = json.loads(Path("stages/evaluate/model/config.json").read_text())
+    assert first["thresholds"] == config["thresholds"]  # the tuned ones
     text = "I can't sleep and I feel worthless."
-    assert set(first["evidence"]) == set(first["probabilities"])
-    for ev in first["evidence"].values():
-        for s in ev["sentences"]:
-            assert text[s["start"]: s["end"]] == s["text"] and s["score"] >= 0.5
+    assert set(first["evidence"]) == set(first["probabilities"]) == set(config["evidence_thresholds"])
+    for name, ev in first["evidence"].items():
+        for s in ev["sentences"]:  # evidence at the sentence thresholds evaluate tuned on val
+            assert text[s["start"]: s["end"]] == s["text"] and s["score"] >= config["evidence_thresholds"][name] - 1e-4
         if "span" in ev:
             assert text[ev["span"]["start"]: ev["span"]["end"]] == ev["span"]["text"]
 
@@ -384,3 +393,37 @@ def test_evaluate_scores_spans_against_the_prepared_annotations(project):
     report = json.loads(Path("reports/evaluate/evaluation_report.json").read_text())
     assert ev.evidence_section(test, settings)["span"] == report["evidence"]["span"]
     assert any("segmented naturally" in note for note in report["notes"])
+
+
+def test_a_recall_target_is_met_on_val_and_calibration_is_reported(project, cli):
+    """precision_at_recall with a per-criterion target: each criterion with val positives reaches its recall on
+    val; test ECE/Brier per criterion, and after temperature scaling fitted on val."""
+    overrides = ["evaluate.threshold_objective=precision_at_recall", "evaluate.threshold_target=0.6",
+                 "evaluate.threshold_targets={SUICIDAL_THOUGHTS: 1.0}", "evaluate.temperature_scaling=true"]
+    result = cli("evaluate", "--model", "stages/train/model", "--out", "op", *sets(EVAL + overrides))
+    assert result.exit_code == 0, result.output
+    report = json.loads(Path("op/evaluation_report.json").read_text())
+    chosen = report["criteria"]["thresholds"]
+    assert chosen["objective"] == "precision_at_recall"
+    points = chosen["operating_points"]
+    assert points["SUICIDAL_THOUGHTS"]["target"] == 1.0 and points["DEPRESSED_MOOD"]["target"] == 0.6
+    for name, point in points.items():
+        assert point["reached"] == (point["val_recall"] is not None)  # reachable wherever val has a positive
+        if point["reached"]:
+            assert point["val_recall"] >= point["target"] and chosen["values"][name] == point["threshold"]
+    cal = report["criteria"]["calibration"]
+    assert set(cal["per_criterion"]) == set(points) and 0 <= cal["ece"] <= 1 and 0 <= cal["brier"] <= 1
+    assert all(v["temperature"] > 0 for v in cal["temperature_scaled"]["per_criterion"].values())
+    headline = json.loads(Path("op/metrics.json").read_text())
+    assert headline["test"]["ece"] == round(cal["ece"], 6)
+    assert "precision_at_recall" in Path("op/summary.md").read_text()
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("evaluate.threshold_objective=recall", "evaluate.threshold_objective"),
+    ("evaluate.threshold_targets={SUICIDE: 0.9}", "unknown criterion 'SUICIDE'"),
+    ("evaluate.threshold_targets={FATIGUE: 1.5}", "FATIGUE: target 1.5 must be in (0, 1]"),
+])
+def test_bad_operating_point_params_are_one_line(project, cli, override, fragment):
+    result = cli("evaluate", *sets([override]))
+    assert result.exit_code == 2 and fragment in result.stderr, result.stderr

@@ -199,6 +199,7 @@ REGISTRIES = {
     "hpo.pruner.type": ["dsm5lab.hpo.study:PRUNERS"],
     "hpo.cv.aggregate": ["dsm5lab.hpo.trial:AGGREGATE"],
     "numerics.cpu_isa": ["dsm5lab.numerics:LEVELS"],
+    "evaluate.threshold_objective": ["dsm5lab.evaluation.operating:OBJECTIVES"],
 }
 
 # Literal fields with no registry: plain switches whose values are tested where they are used.

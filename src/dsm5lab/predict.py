@@ -84,8 +84,9 @@ def _frames(items: list[tuple[str, str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
     return posts, sentences
 
 
-def _evidence(text: str, sent: pd.DataFrame, probs: np.ndarray, span: np.ndarray, top: int) -> dict:
-    picks = [int(k) for k in np.argsort(-probs, kind="stable")[:top] if probs[k] >= 0.5]
+def _evidence(text: str, sent: pd.DataFrame, probs: np.ndarray, span: np.ndarray, top: int,
+              threshold: float = 0.5) -> dict:
+    picks = [int(k) for k in np.argsort(-probs, kind="stable")[:top] if probs[k] >= threshold]
     out = {"sentences": [{"text": sent["text"].iloc[k], "start": int(sent["start"].iloc[k]),
                           "end": int(sent["end"].iloc[k]), "score": round(float(probs[k]), 4)} for k in picks]}
     if span[0] >= 0:
@@ -105,6 +106,7 @@ def predict_texts(model_dir: Path, items: list[tuple[str, str]], batch_size: int
     model, windower, config, _ = load_for_inference(model_dir, max_chunks)
     budget = int(config["encode"]["max_chunks"])
     thresholds = np.array([config["thresholds"][s] for s in SYMPTOMS])
+    evidence_at = config.get("evidence_thresholds") or {}  # tuned on val by evaluate; 0.5 for a trained model
     device = next(model.parameters()).device
     starts = range(0, len(items), batch_size)
     for start in (progress(starts, "predicting", total=len(starts)) if show_progress else starts):
@@ -124,7 +126,8 @@ def predict_texts(model_dir: Path, items: list[tuple[str, str]], batch_size: int
                 sent = by_post.get(pid, sentences.iloc[:0])
                 sent_prob = split.sentences[i][1]
                 result["evidence"] = {
-                    s: _evidence(text, sent, sent_prob[:, c], split.spans[i, c], top_sentences)
+                    s: _evidence(text, sent, sent_prob[:, c], split.spans[i, c], top_sentences,
+                                 evidence_at.get(s, 0.5))
                     for c, s in enumerate(SYMPTOMS)
                 }
             yield result

@@ -193,6 +193,23 @@ class EvaluateConfig(Strict):
     calibration_bins: int = Field(ge=2, le=100)
     max_errors: int = Field(ge=0)
     max_chunks: int | None = Field(default=None, ge=1)  # windows read per post; None = all (training caps at model.max_chunks)
+    # the operating point chosen on val (dsm5lab.evaluation.operating): F1, or a precision / recall target
+    threshold_objective: Literal["f1", "recall_at_precision", "precision_at_recall"] = "f1"
+    threshold_target: float = Field(default=0.8, gt=0.0, le=1.0)
+    threshold_targets: dict[str, float] = Field(default_factory=dict)  # per criterion, e.g. SUICIDAL_THOUGHTS: 0.95
+    temperature_scaling: bool = False  # fit one temperature per criterion on val; report test ECE/Brier after it
+
+    @field_validator("threshold_targets")
+    @classmethod
+    def _known_criteria(cls, value: dict[str, float]) -> dict[str, float]:
+        from dsm5lab.data.labels import SYMPTOMS
+
+        for name, target in value.items():
+            if name not in SYMPTOMS:
+                raise ValueError(f"unknown criterion {name!r} (allowed: {', '.join(SYMPTOMS)})")
+            if not 0.0 < target <= 1.0:
+                raise ValueError(f"{name}: target {target} must be in (0, 1]")
+        return value
 
 
 class NumericsConfig(Strict):

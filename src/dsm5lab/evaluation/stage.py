@@ -28,6 +28,14 @@ class Settings:
     max_errors: int
     batch_size: int
     max_chunks: int | None = None
+    threshold_objective: str = "f1"
+    threshold_target: float = 0.8
+    threshold_targets: dict | None = None
+    temperature_scaling: bool = False
+
+    def targets(self) -> list[float]:
+        """The operating-point target per criterion in SYMPTOMS order."""
+        return [(self.threshold_targets or {}).get(name, self.threshold_target) for name in SYMPTOMS]
 
 
 def validate_report(report: dict) -> None:
@@ -86,7 +94,7 @@ def build_report(params: Params, model_dir: Path, config: dict, manifest: dict, 
         if config["encode"]["level"] == "sentence":
             report["notes"].append("The model works at sentence level: post predictions are the max over sentences.")
     if test.spans is not None:
-        report["evidence"] = ev.evidence_section(test, settings)
+        report["evidence"] = ev.evidence_section(test, settings, val)
         report["notes"].append(
             "Val and test posts are segmented naturally, as `dsm5lab predict` segments any text (training posts "
             f"are cut around their annotations); sentence labels: {EVIDENCE_RULE}. Span exact match and token F1 "
@@ -100,12 +108,16 @@ def headline(report: dict) -> dict:
     if "criteria" in report:
         c = report["criteria"]
         out["test"] = {"macro_f1": c["test_at_tuned"]["macro_f1"], "micro_f1": c["test_at_tuned"]["micro_f1"],
-                       "macro_f1_at_0.5": c["test_at_0.5"]["macro_f1"]}
+                       "macro_f1_at_0.5": c["test_at_0.5"]["macro_f1"], "ece": c["calibration"]["ece"],
+                       "brier": c["calibration"]["brier"]}
         p = report["paper_view"]
         out["paper"] = {"micro_f1": p["micro_f1"], "macro_f1": p["macro_f1"], "exact_match": p["exact_match"]}
     if "evidence" in report:
         e = report["evidence"]
-        out["evidence"] = {"sentence_macro_f1": e["sentence"]["macro_f1"], "mrr": e["ranking"]["mrr"],
+        out["evidence"] = {"sentence_macro_f1": e["sentence"]["macro_f1"],
+                           **({"sentence_macro_f1_at_tuned": e["sentence"]["tuned"]["macro_f1"]}
+                              if "tuned" in e["sentence"] else {}),
+                           "mrr": e["ranking"]["mrr"],
                            "ndcg_at_k": e["ranking"]["ndcg@k"], "span_token_f1": e["span"]["token_f1"]}
     return json.loads(json.dumps(out), parse_float=lambda x: round(float(x), 6))
 
@@ -180,6 +192,15 @@ def summary_markdown(report: dict) -> str:
             ci = c["ci"][f"{k}@tuned"]
             lines.append(f"| {k} | {f(c['test_at_0.5'][k])} | {f(c['test_at_tuned'][k])} | "
                          f"{f(ci['low'])}-{f(ci['high'])} |")
+        cal = c["calibration"]
+        lines += ["", f"Thresholds tuned on val for `{c['thresholds']['objective']}`."
+                  + ("" if "operating_points" not in c["thresholds"] else " Target not reached on val for: "
+                     + (", ".join(k for k, v in c["thresholds"]["operating_points"].items() if not v["reached"])
+                        or "none") + "."),
+                  f"Calibration (test, mean over criteria): ECE {f(cal['ece'])}, Brier {f(cal['brier'])}"
+                  + ("" if "temperature_scaled" not in cal else
+                     f"; after temperature scaling fitted on val: ECE {f(cal['temperature_scaled']['ece'])}, "
+                     f"Brier {f(cal['temperature_scaled']['brier'])}") + "."]
         p = report["paper_view"]
         lines += ["", "## Paper view (test, 9 symptoms + NO_SYMPTOMS, threshold 0.5)", "",
                   "| micro F1 | macro F1 | weighted F1 | exact match |", "|---|---|---|---|",
@@ -197,6 +218,8 @@ def summary_markdown(report: dict) -> str:
         e = report["evidence"]
         lines += ["", "## Evidence (test split)", "", "| measure | value |", "|---|---|",
                   f"| sentence macro F1 (threshold 0.5) | {f(e['sentence']['macro_f1'])} |",
+                  *([f"| sentence macro F1 (thresholds tuned on val) | {f(e['sentence']['tuned']['macro_f1'])} |"]
+                    if "tuned" in e["sentence"] else []),
                   f"| sentence micro F1 | {f(e['sentence']['micro_f1'])} |",
                   f"| Recall@{e['ranking']['k']} | {f(e['ranking']['recall@k'])} |",
                   f"| nDCG@{e['ranking']['k']} | {f(e['ranking']['ndcg@k'])} |",
@@ -217,15 +240,22 @@ def prediction_frames(test, thresholds: dict[str, float] | None) -> dict[str, pd
     return paired.frames(ids, test.gold, tuned, half, sentences)
 
 
-def export_thresholded(model_dir: Path, out: Path, thresholds: dict[str, float] | None) -> None:
-    """A copy of the trained model whose config carries the tuned thresholds (the train stage's out stays as is)."""
+def export_thresholded(model_dir: Path, out: Path, thresholds: dict[str, float] | None,
+                       evidence_thresholds: dict[str, float] | None = None, objective: str = "f1") -> None:
+    """A copy of the trained model whose config carries the tuned thresholds (the train stage's out stays as is):
+    criteria decisions at `thresholds` (chosen for `objective`), evidence sentences at `evidence_thresholds`."""
     with atomic.staged_dir(out) as tmp:
         for item in model_dir.iterdir():
             (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
-        if thresholds is not None:
+        if thresholds is not None or evidence_thresholds is not None:
             config = json.loads((tmp / "config.json").read_text())
-            config["thresholds"] = thresholds
-            config["thresholds_tuned_on"] = "val"
+            if thresholds is not None:
+                config["thresholds"] = thresholds
+                config["thresholds_tuned_on"] = "val"
+                if objective != "f1":  # configs from before operating points carry no objective: F1
+                    config["thresholds_objective"] = objective
+            if evidence_thresholds is not None:
+                config["evidence_thresholds"] = evidence_thresholds
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
@@ -279,7 +309,9 @@ def run(params: Params, root: Path = Path("."), model_dir: Path | None = None, o
     atomic.write_json(report_dir / "evaluation_report.json", report)
     atomic.write_text(report_dir / "summary.md", summary_markdown(report))
     if out_dir is None:
-        export_thresholded(model_dir, root / layout.EVALUATED_MODEL, thresholds)
+        tuned = report.get("evidence", {}).get("sentence", {}).get("tuned")
+        export_thresholded(model_dir, root / layout.EVALUATED_MODEL, thresholds,
+                           tuned["thresholds"] if tuned else None, settings.threshold_objective)
         atomic.write_json(root / layout.EVALUATE_METRICS, headline(report))
     else:
         atomic.write_json(report_dir / "metrics.json", headline(report))

@@ -78,7 +78,10 @@ def paper_matrices(gold: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -
 
 def criteria_section(val: SplitPredictions, test: SplitPredictions, cfg) -> dict:
     """Per-criterion and averaged test metrics at 0.5 and at thresholds tuned on validation, with CIs."""
-    thresholds = tune_thresholds(val.gold, val.prob)  # validation only: test is never seen here
+    from dsm5lab.evaluation.operating import calibration_section, operating_points
+
+    # validation only: test is never seen here
+    thresholds, points = operating_points(val.gold, val.prob, cfg.threshold_objective, cfg.targets())
     at_half = classification_report(test.gold, test.prob, 0.5, list(SYMPTOMS))
     tuned = classification_report(test.gold, test.prob, thresholds, list(SYMPTOMS))
     th = np.asarray(thresholds)
@@ -95,11 +98,16 @@ def criteria_section(val: SplitPredictions, test: SplitPredictions, cfg) -> dict
         for name, kind, cut in (("macro_f1@0.5", "macro", 0.5), ("micro_f1@0.5", "micro", 0.5),
                                 ("macro_f1@tuned", "macro", th), ("micro_f1@tuned", "micro", th))
     }
+    chosen = {"tuned_on": "val", "objective": cfg.threshold_objective, "values": dict(zip(SYMPTOMS, thresholds))}
+    if points is not None:  # what each target bought on val, and whether it was reachable there
+        chosen["operating_points"] = dict(zip(SYMPTOMS, points))
     return {
-        "thresholds": {"tuned_on": "val", "values": dict(zip(SYMPTOMS, thresholds))},
+        "thresholds": chosen,
         "test_at_0.5": at_half,
         "test_at_tuned": tuned,
         "ci": ci,
+        "calibration": calibration_section(val.gold, val.prob, test.gold, test.prob, SYMPTOMS, cfg.calibration_bins,
+                                           cfg.temperature_scaling),
     }
 
 
@@ -146,8 +154,20 @@ def paper_section(test: SplitPredictions, level: str, cfg, origin: str) -> dict:
     }
 
 
-def evidence_section(test: SplitPredictions, cfg) -> dict:
-    """Sentence selection P/R/F1 and ranking per criterion, and span EM / token F1, on the test split."""
+def tuned_sentences(val: SplitPredictions, gold: np.ndarray, prob: np.ndarray) -> dict:
+    """Sentence selection on test at per-criterion thresholds that maximise F1 on val's sentences."""
+    val_gold = np.concatenate([s[0] for s in val.sentences])
+    thresholds = tune_thresholds(val_gold, np.concatenate([s[1] for s in val.sentences]))
+    pred = prob >= np.asarray(thresholds)
+    per = {name: sentence_prf(gold[:, c], pred[:, c]) for c, name in enumerate(SYMPTOMS)}
+    present = [v["f1"] for v in per.values() if v["f1"] is not None]
+    return {"tuned_on": "val", "thresholds": dict(zip(SYMPTOMS, thresholds)), "per_criterion": per,
+            "macro_f1": float(np.mean(present)) if present else None, "micro_f1": multilabel_f1(gold, pred)["micro"]}
+
+
+def evidence_section(test: SplitPredictions, cfg, val: SplitPredictions | None = None) -> dict:
+    """Sentence selection P/R/F1 and ranking per criterion, and span EM / token F1, on the test split; with
+    `val`, sentence selection also at thresholds tuned on val (`sentence.tuned`)."""
     gold = np.concatenate([s[0] for s in test.sentences])
     prob = np.concatenate([s[1] for s in test.sentences])
     per_criterion = {}
@@ -186,6 +206,7 @@ def evidence_section(test: SplitPredictions, cfg) -> dict:
             "micro_f1": multilabel_f1(gold, prob >= 0.5)["micro"],
             "ci": {"macro_f1": bootstrap_ci(macro_stat, len(test.sentences), cfg.bootstrap_resamples, cfg.seed,
                                             1 - cfg.ci_level)},
+            **({"tuned": tuned_sentences(val, gold, prob)} if val is not None else {}),
         },
         "ranking": {**ranking_metrics(scores, relevant, cfg.ranking_k), "positive_pairs_without_evidence": unaligned},
         "span": {**span_scores(pred_spans, gold_spans, texts), "positive_pairs_without_evidence": unaligned},
