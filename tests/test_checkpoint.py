@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import random
 from collections import namedtuple
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +20,8 @@ from dsm5lab.errors import UserError
 from dsm5lab.pool.policy import plan_retention
 from dsm5lab.pool.registry import FILES, REGISTRY, Registry
 from dsm5lab.training import checkpoint as ckpt
-from dsm5lab.training.checkpoint import CheckpointManager, check_free_space, load_checkpoint, save_checkpoint
+from dsm5lab.training.checkpoint import (CheckpointManager, check_free_space, estimate_checkpoint_bytes,
+                                         load_checkpoint, save_checkpoint)
 
 
 def rec(step, score, run="a"):
@@ -255,7 +259,7 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
     save_checkpoint(tmp_path / "ck", t.model, state={"step": 1}, config={})
     train_steps(t)
     _fail_torch_save(monkeypatch)
-    with pytest.raises(OSError, match="disk died"):
+    with pytest.raises(UserError, match=r"cannot write .*ck: disk died; no partial checkpoint is left"):
         save_checkpoint(tmp_path / "ck", t.model, state={"step": 2}, config={})
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
@@ -269,7 +273,7 @@ def test_killed_write_leaves_temp_dir_that_the_manager_removes(tmp_path, monkeyp
     # A kill runs no cleanup: disable the temp dir's removal, then fail after model.safetensors is written.
     monkeypatch.setattr("dsm5lab.atomic.shutil.rmtree", lambda *a, **k: None)
     _fail_torch_save(monkeypatch)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match="disk died"):
         manager.save(t.model, step=1, epoch=0, score=0.9, metric="m", state={}, config={})
     monkeypatch.undo()
     leftovers = [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
@@ -355,6 +359,103 @@ def test_disk_guard(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="min_free_gb"):
         save_all(manager, make_trainer().model, [0.1])
     assert not list((tmp_path / "ckpts").iterdir())
+
+
+class FullDisk:
+    """A file that takes `room` bytes, then fails every write the way a full disk does (ENOSPC)."""
+
+    def __init__(self, file, room):
+        self.fh, self.room = open(file, "wb"), room
+
+    def write(self, data):
+        view = memoryview(data).cast("B")
+        if len(view) > self.room:
+            self.fh.write(view[: self.room])
+            self.room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(view)
+        return self.fh.write(view)
+
+    def flush(self):
+        self.fh.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+
+
+def _fail_safetensors_midway(monkeypatch):
+    """safetensors' Rust writer on a full disk: some bytes written, then its error as text."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def save_model(model, filename, *args, **kwargs):
+        Path(filename).write_bytes(b"\0" * 100)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_model", save_model)
+
+
+@pytest.mark.parametrize("which", ["trainer_state.pt", "model.safetensors"])
+def test_a_full_disk_mid_save_is_one_line_and_leaves_the_previous_checkpoint(tmp_path, monkeypatch, which):
+    """ENOSPC part-way through a file: torch reports it as 'enforce fail at inline_container.cc' and safetensors
+    as text; either way one line naming the folder, the OS's reason and the size, and no partial checkpoint."""
+    t = make_trainer()
+    manager = CheckpointManager(tmp_path, keep_last_n=2, keep_best_k=1)
+    first = manager.save(t.model, step=1, epoch=0, score=0.5, metric="m", optimizer=t.optimizer, state={},
+                         config={})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    if which == "trainer_state.pt":  # the real torch.save, writing into a file that fills up after 600 bytes
+        monkeypatch.setattr(ckpt, "open", lambda file, mode: FullDisk(file, 600), raising=False)
+    else:
+        _fail_safetensors_midway(monkeypatch)
+    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda p: namedtuple("usage", "total used free")(1e9, 1e9, 0))
+    with pytest.raises(UserError) as err:
+        manager.save(t.model, step=2, epoch=0, score=0.9, metric="m", optimizer=t.optimizer, state={}, config={})
+    size = estimate_checkpoint_bytes(t.model)
+    assert str(err.value) == (
+        f"checkpoint: cannot write {tmp_path / 'step-00000002'}: No space left on device (a checkpoint of this "
+        f"model takes about {size / 1e3:.0f} kB, 0 kB free there); no partial checkpoint is left: free disk "
+        "space or point train.checkpoint.dir at a larger disk")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger.jsonl", "registry.jsonl", first.name]
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    assert CheckpointManager(tmp_path, keep_last_n=2, keep_best_k=1).latest == first
+    assert load_checkpoint(first, make_trainer().model)["step"] == 1
+
+
+def test_a_full_disk_at_the_registry_is_one_line_and_the_checkpoint_is_adopted_later(tmp_path, monkeypatch):
+    import dsm5lab.pool.registry as registry
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    t = make_trainer()
+    manager = CheckpointManager(tmp_path, keep_last_n=2, keep_best_k=1)
+    monkeypatch.setattr(registry, "write_text", full)
+    with pytest.raises(UserError, match=r"^checkpoint: cannot write .*registry\.jsonl: No space left on device "
+                                        r"\([\d.]+ \w?B free there\); no partial checkpoint is left") as err:
+        manager.save(t.model, step=1, epoch=0, score=0.5, metric="m", state={}, config={})
+    assert len(str(err.value).splitlines()) == 1
+    monkeypatch.undo()
+    assert [r["step"] for r in CheckpointManager(tmp_path, keep_last_n=2, keep_best_k=1).records] == [1]
+
+
+def test_the_first_checkpoint_must_fit_before_any_epoch(tmp_path, monkeypatch):
+    """check_room (called by build_run before the first epoch): weights + AdamW moments + min_free_gb."""
+    model = torch.nn.Linear(4, 3)  # 15 fp32 parameters: 60 bytes of weights, 120 of AdamW moments
+    size = estimate_checkpoint_bytes(model)
+    assert size == 180 and estimate_checkpoint_bytes(model, with_optimizer=False) == 60
+    usage = namedtuple("usage", "total used free")
+    manager = CheckpointManager(tmp_path / "ckpts", keep_last_n=1, keep_best_k=1, min_free_gb=0)
+    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda p: usage(1e9, 1e9, size))
+    manager.check_room(size)
+    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda p: usage(1e9, 1e9, size - 1))
+    with pytest.raises(UserError, match=r"GB free at .*ckpts, but one checkpoint of this model takes about "
+                                        r"0\.00 GB \(\+ train\.checkpoint\.min_free_gb=0\); free disk space"):
+        manager.check_room(size)
 
 
 # --- Registry --------------------------------------------------------------------------------------

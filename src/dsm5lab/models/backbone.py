@@ -24,6 +24,8 @@ DROPOUT_KEYS = {
 }
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 @lru_cache(maxsize=1)
@@ -177,6 +179,27 @@ def _needs_sentencepiece(location: str, kind: str, exc: Exception | None = None)
     return exc is not None and any(word in str(exc).lower() for word in ("sentencepiece", "tiktoken", "protobuf"))
 
 
+def check_local_weights(folder: Path) -> None:
+    """A local model directory's weights must be safetensors whose headers read: a pickle (pytorch_model.bin)
+    can run code as it loads, so it is refused rather than loaded."""
+    from safetensors import safe_open
+
+    if not any((folder / f).is_file() for f in SAFE_WEIGHTS):
+        pickled = [folder / f for f in PICKLED_WEIGHTS if (folder / f).is_file()]
+        if pickled:
+            raise UserError(f"model.backbone: {pickled[0]} is a pickle, which dsm5lab does not load (unpickling can "
+                            "run code); convert it to model.safetensors (safetensors.torch.save_file)")
+        return  # no weights at all: transformers says so
+    for file in sorted(folder.glob("*.safetensors")):  # as saved.check_safetensors (not imported: prepare's deps)
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except Exception as exc:  # noqa: BLE001 - SafetensorError, or an OSError reading the file
+            reason = str(exc).strip().splitlines()[0].removeprefix("Error while deserializing header: ")
+            raise UserError(f"model.backbone: {file} is not a readable safetensors file ({reason}); it is truncated "
+                            "or corrupt: download or save the model again") from exc
+
+
 def _pretrained(location: str, kind: str, cfg, name: str):
     from transformers import AutoConfig, AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -191,6 +214,8 @@ def _pretrained(location: str, kind: str, cfg, name: str):
                          "pip install -r requirements.lock")
     if kind == "local" and _needs_sentencepiece(location, kind):
         raise spm_only
+    if kind == "local":
+        check_local_weights(Path(location))
     offline = kind != "local" and hub.offline()  # no network: the cache only, without the retries
     tries = [True] if kind == "local" or offline else [True, False]
     last: Exception | None = None

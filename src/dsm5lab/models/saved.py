@@ -60,6 +60,18 @@ def export_model(out: Path, model, tokenizer, window_spec, criteria: list[Criter
         _write_assets(tmp, model, tokenizer, window_spec, criteria, backbone, {"validation": result.best})
 
 
+def check_safetensors(file: Path, what: str, fix: str) -> None:
+    """Refuse in one line a safetensors file whose header does not read (truncated, or not safetensors at all)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt"):
+            pass
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, or an OSError reading the file
+        reason = str(exc).strip().splitlines()[0].removeprefix("Error while deserializing header: ")
+        raise UserError(f"{what}: {file} is not a readable safetensors file ({reason}); {fix}") from exc
+
+
 def load_model(model_dir: Path):
     """(model, tokenizer, config, criteria) from a model or checkpoint directory; a clear error otherwise."""
     from safetensors.torch import load_model as load_weights
@@ -71,6 +83,8 @@ def load_model(model_dir: Path):
     if not (model_dir / "model.safetensors").is_file():
         raise UserError(f"{model_dir}: not a dsm5lab model or checkpoint directory (no model.safetensors); "
                         "train one with `dvc repro train`")
+    weights = model_dir / "model.safetensors"
+    check_safetensors(weights, "model", "it is truncated or corrupt: export or train the model again")
     assets = model_dir if (model_dir / "encoder").is_dir() else model_dir.parent / ASSETS
     cfg_path = assets / "config.json"
     if not cfg_path.is_file():
@@ -85,7 +99,7 @@ def load_model(model_dir: Path):
     encoder = AutoModel.from_config(AutoConfig.from_pretrained(assets / "encoder", local_files_only=True))
     tokenizer = AutoTokenizer.from_pretrained(assets / "tokenizer", local_files_only=True)
     model = MultiTaskModel(encoder, config["hidden_size"], ModelSpec(**config["spec"]))
-    missing, unexpected = load_weights(model, str(model_dir / "model.safetensors"), strict=False)
+    missing, unexpected = load_weights(model, str(weights), strict=False)
     if missing or unexpected:
         raise UserError(f"{model_dir}: weights do not match its config (missing {len(missing)}, "
                         f"unexpected {len(unexpected)} tensors)")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import random
+import re
 import shutil
 import time
 from datetime import datetime, timezone
@@ -15,10 +18,12 @@ import torch
 
 from dsm5lab.atomic import staged_dir, write_json
 from dsm5lab.errors import UserError
+from dsm5lab.models.saved import check_safetensors
 from dsm5lab.pool.policy import is_finite_score, plan_retention
 from dsm5lab.pool.registry import LEDGER, REGISTRY, STATE_FILE, WEIGHT_FILES, Registry
 
 FORMAT_VERSION = 1
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _check_plain(value: Any, where: str = "state") -> None:
@@ -84,8 +89,6 @@ def save_checkpoint(path: Path, model: torch.nn.Module, *, optimizer=None, sched
     as in metrics/train.json and the progress lines, while the state's (kept for resuming) is the 0-based index
     of the epoch in progress.
     """
-    from safetensors.torch import save_model
-
     _check_finite(model)
     _check_plain(state)
     path = Path(path)
@@ -97,22 +100,108 @@ def save_checkpoint(path: Path, model: torch.nn.Module, *, optimizer=None, sched
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": _rng_state(),
     }
-    with staged_dir(path) as tmp:
-        save_model(model, str(tmp / "model.safetensors"))
-        write_json(tmp / "config.json", config)
-        torch.save(trainer_state, tmp / "trainer_state.pt")
-        size = sum(f.stat().st_size for f in tmp.iterdir())
-        score = state.get("score")
-        meta = {k: state.get(k) for k in ("run", "epoch", "step", "metric") if k in state}
-        if isinstance(meta.get("epoch"), int):
-            meta["epoch"] += 1
-        meta |= {
-            "score": float(score) if is_finite_score(score) else None,
-            "wall_time": time.time(),
-            "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "bytes": size,  # model + config + trainer state (meta.json itself excluded)
-        }
-        write_json(tmp / "meta.json", meta)
+    try:
+        with staged_dir(path) as tmp:  # on any error the temp dir goes and a previous `path` stays
+            _save_weights(model, tmp / "model.safetensors")
+            write_json(tmp / "config.json", config)
+            _torch_save(trainer_state, tmp / STATE_FILE)
+            size = sum(f.stat().st_size for f in tmp.iterdir())
+            score = state.get("score")
+            meta = {k: state.get(k) for k in ("run", "epoch", "step", "metric") if k in state}
+            if isinstance(meta.get("epoch"), int):
+                meta["epoch"] += 1
+            meta |= {
+                "score": float(score) if is_finite_score(score) else None,
+                "wall_time": time.time(),
+                "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "bytes": size,  # model + config + trainer state (meta.json itself excluded)
+            }
+            write_json(tmp / "meta.json", meta)
+    except OSError as exc:
+        raise _write_failed(path, exc, estimate_checkpoint_bytes(model, optimizer is not None)) from exc
+
+
+class _Sink:
+    """The file torch.save writes through: torch's C++ writer turns a failed write into 'enforce fail at
+    inline_container.cc' with no errno, so the OSError is kept here."""
+
+    def __init__(self, fh):
+        self.fh, self.error = fh, None
+
+    def write(self, data) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def _torch_save(obj, file: Path) -> None:
+    """torch.save(obj, file), failing with the OSError of the write that failed (ENOSPC: a full disk)."""
+    with open(file, "wb") as fh:
+        sink = _Sink(fh)
+        try:
+            torch.save(obj, sink)
+        except RuntimeError:
+            if sink.error is None:
+                raise
+            raise sink.error from None
+
+
+def _save_weights(model: torch.nn.Module, file: Path) -> None:
+    """safetensors' save_model, failing with an OSError where its Rust writer reports one as text."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_model
+
+    try:
+        save_model(model, str(file))
+    except SafetensorError as exc:
+        found = re.search(r"\(os error (\d+)\)", str(exc))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(file)) from exc
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.0f} kB"
+
+
+def _existing(directory: Path) -> Path:
+    """`directory`, or its nearest existing parent (what shutil.disk_usage can probe)."""
+    probe = Path(directory).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
+def _write_failed(where: Path, exc: OSError, need: int | None) -> UserError:
+    """One line for a failed checkpoint write: where, the OS's reason, and for a full disk the bytes needed."""
+    reason = exc.strerror or str(exc)
+    if exc.errno not in FULL_DISK:
+        return UserError(f"checkpoint: cannot write {where}: {reason}; no partial checkpoint is left "
+                         "(train.checkpoint.dir must be a writable folder)")
+    needed = f"a checkpoint of this model takes about {_size(need)}, " if need else ""
+    free = _size(shutil.disk_usage(_existing(where)).free)
+    return UserError(f"checkpoint: cannot write {where}: {reason} ({needed}{free} free there); no partial checkpoint "
+                     "is left: free disk space or point train.checkpoint.dir at a larger disk")
+
+
+def _read_state(file: Path, map_location="cpu") -> dict:
+    """trainer_state.pt read with torch.load(weights_only=True): tensors and plain values only, never code."""
+    try:
+        saved = torch.load(file, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - corrupt or foreign: UnpicklingError, RuntimeError, EOFError, KeyError...
+        raise UserError(f"checkpoint: {file} cannot be trusted or read ({type(exc).__name__}: corrupt, truncated, "
+                        "or holding objects other than tensors and plain values); delete it (or its step-* folder) "
+                        "or train without --resume") from exc
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict) or "rng" not in saved:
+        raise UserError(f"checkpoint: {file} is not a dsm5lab trainer state (no 'state' and 'rng'); delete it "
+                        "(or its step-* folder) or train without --resume")
+    return saved
 
 
 def peek_state(path: Path) -> dict:
@@ -122,7 +211,7 @@ def peek_state(path: Path) -> dict:
         raise UserError(f"checkpoint: {path} holds weights only ({STATE_FILE} missing: retention strips finished "
                         "runs' checkpoints), so it cannot be resumed from; keep resume points with "
                         "retention.keep_last_n >= 1, or train without --resume")
-    return torch.load(file, map_location="cpu", weights_only=True)["state"]
+    return _read_state(file)["state"]
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, *, optimizer=None, scheduler=None, scaler=None,
@@ -142,6 +231,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, *, optimizer=None, sched
     if wants_state and not (path / STATE_FILE).is_file():
         raise UserError(f"checkpoint: {path} holds weights only ({STATE_FILE} missing: a finished run's checkpoint "
                         "is stripped of its optimizer state by retention), so it cannot be resumed from")
+    check_safetensors(path / "model.safetensors", "checkpoint",
+                      "it is truncated or corrupt: delete its step-* folder, or train without --resume")
     try:
         load_model(model, path / "model.safetensors", strict=True, device=str(map_location))
     except RuntimeError as exc:
@@ -151,7 +242,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, *, optimizer=None, sched
         raise UserError(f"checkpoint: weights in {path} do not match the model: {detail}") from exc
     if not (path / STATE_FILE).is_file():  # weights only, and only the weights were asked for
         return json.loads((path / "meta.json").read_text(encoding="utf-8"))
-    saved = torch.load(path / STATE_FILE, map_location=map_location, weights_only=True)
+    saved = _read_state(path / STATE_FILE, map_location)
     for label, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
         if obj is None:
             continue
@@ -185,10 +276,7 @@ def check_free_space(directory: Path, min_free_gb: float) -> None:
     """
     if min_free_gb <= 0:
         return
-    probe = Path(directory).absolute()
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free_gb = shutil.disk_usage(probe).free / 1e9
+    free_gb = shutil.disk_usage(_existing(directory)).free / 1e9
     if free_gb < min_free_gb:
         raise UserError(
             f"checkpoint: only {free_gb:.1f} GB free at {directory}, "
@@ -224,10 +312,7 @@ class CheckpointManager:
         Free space below expected_bytes plus train.checkpoint.min_free_gb is a UserError, before any
         epoch runs, rather than an ENOSPC traceback at the end of the first one.
         """
-        probe = self.root.absolute()
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        free = shutil.disk_usage(probe).free
+        free = shutil.disk_usage(_existing(self.root)).free
         need = expected_bytes + self.min_free_gb * 1e9
         if free < need:
             raise UserError(
@@ -249,8 +334,11 @@ class CheckpointManager:
                       "metric": metric}
         save_checkpoint(target, model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                         state=full_state, config=config)
-        self.registry.add(self.registry.record_for(target, self.run, epoch + 1, step, score, metric))
-        self.prune()
+        try:  # registry.jsonl is replaced atomically; a checkpoint it misses is adopted on the next start
+            self.registry.add(self.registry.record_for(target, self.run, epoch + 1, step, score, metric))
+            self.prune()
+        except OSError as exc:
+            raise _write_failed(self.root / REGISTRY, exc, None) from exc
         return target
 
     def prune(self) -> list[dict]:
