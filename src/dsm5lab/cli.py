@@ -253,6 +253,18 @@ def compare(
         atomic.write_json(json_out, result)
 
 
+@app.command()
+@user_errors
+def spread(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Train and evaluate the train config once per evaluate.seeds and/or cross-validate it over prepare's folds
+    (evaluate.cv): metrics/spread.json and reports/spread/summary.md."""
+    from dsm5lab.evaluation import spread as spread_mod
+
+    cfg = _with_study(_load_pinned(params, set_))  # the params the train stage trains with
+    result = spread_mod.run(cfg, Path("."))
+    typer.echo(spread_mod.summary_markdown(result))
+
+
 @app.command("predict")
 @user_errors
 def predict_cmd(

@@ -37,6 +37,10 @@ EVALUATE_REPORTS = Path("reports/evaluate")
 EVALUATE_METRICS = Path("metrics/evaluate.json")
 EVALUATE_PREDICTIONS = EVALUATE_REPORTS / "predictions"  # per-post test decisions, committed for the paired gate
 
+# spread (seeds and cross-validation of the final config)
+SPREAD_REPORTS = Path("reports/spread")
+SPREAD_METRICS = Path("metrics/spread.json")
+
 # retention
 RETAINED = Path("stages/retention")
 RETENTION_METRICS = Path("metrics/retention.json")

@@ -198,6 +198,15 @@ class EvaluateConfig(Strict):
     threshold_target: float = Field(default=0.8, gt=0.0, le=1.0)
     threshold_targets: dict[str, float] = Field(default_factory=dict)  # per criterion, e.g. SUICIDAL_THOUGHTS: 0.95
     temperature_scaling: bool = False  # fit one temperature per criterion on val; report test ECE/Brier after it
+    seeds: list[int] = Field(default_factory=list)  # the spread stage: train + evaluate once per seed; [] = off
+    cv: bool = False  # the spread stage: out-of-fold estimate over prepare's folds
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value) or any(s < 0 for s in value):
+            raise ValueError(f"seeds must be distinct non-negative integers (got {value})")
+        return value
 
     @field_validator("threshold_targets")
     @classmethod

@@ -158,7 +158,7 @@ def run(params: Params, root: Path, members_dir: Path, out_dir: Path, top_k: int
     paths = [members_dir / e["path"] for e in entries]
     configs = [_assets_config(p) for p in paths]
     check_heads(configs, paths)
-    settings = stage.Settings(seed=params.seed, **params.evaluate.model_dump())
+    settings = stage.Settings.of(params)
     vals, tests = [], []
     for path in paths:
         _, manifest, val, test = stage.predict_val_test(root, path, settings)

@@ -37,6 +37,11 @@ class Settings:
         """The operating-point target per criterion in SYMPTOMS order."""
         return [(self.threshold_targets or {}).get(name, self.threshold_target) for name in SYMPTOMS]
 
+    @classmethod
+    def of(cls, params: Params) -> Settings:
+        """The evaluation settings of params (the spread stage's own keys left out)."""
+        return cls(seed=params.seed, **params.evaluate.model_dump(exclude={"seeds", "cv"}))
+
 
 def validate_report(report: dict) -> None:
     """Check the report against the packaged JSON Schema; an invalid report fails the stage."""
@@ -289,7 +294,7 @@ def run(params: Params, root: Path = Path("."), model_dir: Path | None = None, o
 
     root = Path(root)
     model_dir = Path(model_dir) if model_dir is not None else root / layout.TRAINED_MODEL
-    settings = Settings(seed=params.seed, **params.evaluate.model_dump())
+    settings = Settings.of(params)
     config, manifest, val, test = predict_val_test(root, model_dir, settings)
     report = build_report(params, model_dir, config, manifest, val, test, settings)
     validate_report(report)
