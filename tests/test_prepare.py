@@ -60,7 +60,9 @@ def test_metrics_are_consistent_with_tables(default_run):
     posts = read_table(root / "stages/prepare", "posts")
     ann = read_table(root / "stages/prepare", "annotations")
     assert m["posts"]["total"] == len(posts) == sum(m["posts"][s] for s in ("train", "val", "test"))
-    assert sum(m["alignment"][k] for k in ("exact", "normalized", "fuzzy", "unaligned")) == len(ann)
+    from dsm5lab.data.alignment import METHODS
+
+    assert sum(m["alignment"][k] for k in METHODS) == len(ann)
     assert m["alignment"]["normalized"] > 0 and m["alignment"]["fuzzy"] > 0 and m["alignment"]["unaligned"] > 0
     assert m["alignment"]["aligned_share"] > 0.97
     assert set(m["rejected"]) >= {"duplicate_annotation", "empty_sentence_text"}

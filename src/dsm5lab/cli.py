@@ -131,7 +131,7 @@ def prepare(
     a = prep.metrics["alignment"]
     typer.echo(
         f"alignment: exact {a['exact']}, normalized {a['normalized']}, fuzzy {a['fuzzy']}, "
-        f"unaligned {a['unaligned']}; rejected rows: "
+        f"sentence_index {a['sentence_index']}, unaligned {a['unaligned']}; rejected rows: "
         + ", ".join(f"{k} {v}" for k, v in prep.metrics["rejected"].items())
     )
     seg = prep.metrics["segmentation"]

@@ -13,7 +13,7 @@ import pandas as pd
 from dsm5lab import atomic, layout
 from dsm5lab.config import Params
 from dsm5lab.data import coverage
-from dsm5lab.data.alignment import METHODS, UNALIGNED, Aligner, Match
+from dsm5lab.data.alignment import METHODS, UNALIGNED, Aligner, Match, sentence_index
 from dsm5lab.data.criteria import criteria_document, load_criteria
 from dsm5lab.data.labels import ANNOTATION_LABELS, NO_SYMPTOMS, POST_LABELS, SYMPTOMS
 from dsm5lab.data.raw import RawBundle
@@ -49,8 +49,9 @@ def evidence_sentences(starts: np.ndarray, ends: np.ndarray, start: int, end: in
 
 
 def align_and_segment(bundle: RawBundle, fuzzy_threshold: float, natural: frozenset[str] | set[str] = frozenset()):
-    """Align annotations to char offsets, segment posts, label sentences; (annotations, sentences, label
-    conflicts, per annotation: whether its aligned span crosses a natural sentence boundary).
+    """Align annotations to char offsets (by text, else by sentence_id: alignment.Aligner), segment posts, label
+    sentences; (annotations, sentences, label conflicts, per annotation: whether its aligned span crosses a
+    natural sentence boundary).
 
     Posts in `natural` (val and test) are segmented as `predict` segments any text, blind to the annotations,
     and labelled by EVIDENCE_RULE; the others (train) are cut around the aligned spans, so each span is whole
@@ -67,6 +68,7 @@ def align_and_segment(bundle: RawBundle, fuzzy_threshold: float, natural: frozen
     method = np.array(["unaligned"] * n_ann, dtype=object)
     score = np.zeros(n_ann, np.float64)
     texts, symptoms, statuses = ann["sentence_text"].tolist(), ann["symptom"].tolist(), ann["status"].tolist()
+    indices = [sentence_index(p, s) for p, s in zip(ann["post_id"], ann["sentence_id"])]
     label_col = {label: j for j, label in enumerate(ANNOTATION_LABELS)}
     sentence_rows: list[tuple] = []
     conflicts = 0
@@ -75,11 +77,12 @@ def align_and_segment(bundle: RawBundle, fuzzy_threshold: float, natural: frozen
     for pid, text in progress(zip(posts["post_id"], posts["text"]), "aligning", total=len(posts)):
         rows = by_post.get(pid, [])
         aligner = Aligner(text, fuzzy_threshold)
-        cache: dict[str, Match] = {}
+        cache: dict[tuple[str, int | None], Match] = {}
         for i in rows:
-            if texts[i] not in cache:
-                cache[texts[i]] = aligner.align(texts[i])
-            m = cache[texts[i]]
+            key = texts[i], indices[i]
+            if key not in cache:
+                cache[key] = aligner.align(*key)
+            m = cache[key]
             if m is not UNALIGNED:
                 start[i], end[i], method[i], score[i] = m.start, m.end, m.method, m.score
         spans = sorted({(int(start[i]), int(end[i])) for i in rows if start[i] >= 0})
@@ -313,9 +316,9 @@ def warnings(stats: dict, ratios: dict[str, float]) -> list[str]:
     if a["aligned_share"] < MIN_ALIGNED_SHARE:
         total = sum(a[m] for m in METHODS)
         out.append(f"aligned share {a['aligned_share']:.1%} is under {MIN_ALIGNED_SHARE:.0%}: {a['unaligned']} of "
-                   f"{total} annotations were not found in their post's text, so their evidence is neither trained "
-                   "nor scored (check the bundle's sentence_text against the posts, or prepare.alignment."
-                   "fuzzy_threshold)")
+                   f"{total} annotations were found neither in their post's text nor as the sentence their sentence_id "
+                   "numbers, so their evidence is neither trained nor scored (check the bundle's sentence_text "
+                   "and sentence_id against the posts, or prepare.alignment.fuzzy_threshold)")
     posts = stats["posts"]
     want = {s: ratios[s] / sum(ratios.values()) for s in SPLITS}
     got = {s: posts[s] / max(posts["total"], 1) for s in SPLITS}

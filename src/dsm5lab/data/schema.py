@@ -26,7 +26,7 @@ sentences.parquet — one row per sentence, sorted by (post_id, sentence_index)
 annotations.parquet — one row per accepted annotation, in source order
     row (int32, 1-based data row in the source file), post_id, sentence_id, sentence_text,
     symptom, status (int8), explanation, align_method (exact | normalized | fuzzy |
-    unaligned), align_score (float32, 0-100), start, end (int32, -1 when unaligned),
+    sentence_index | unaligned), align_score (float32, 0-100), start, end (int32, -1 when unaligned),
     first_sentence, last_sentence (int32 sentence_index range covered, -1 when
     unaligned), split, fold. Unaligned rows still count for post labels and keep their
     text for sentence-level use.
