@@ -64,14 +64,14 @@ def test_one_member_reproduces_that_members_own_evaluation(project):
 
 
 def test_the_ensemble_averages_the_members_and_tunes_its_thresholds_on_val(project, cli, monkeypatch):
-    from dsm5lab.evaluation import stage
-    from dsm5lab.evaluation import views as ev
+    from dsm5lab.evaluation import operating, stage
 
-    settings = stage.Settings(seed=params().seed, **params().evaluate.model_dump())
+    settings = stage.Settings.of(params())
     members = [stage.predict_val_test(Path("."), p, settings) for p in ranked()]
     tuned = []
-    real = ev.tune_thresholds
-    monkeypatch.setattr(ev, "tune_thresholds", lambda y, p, grid=None: tuned.append((y, p)) or real(y, p, grid))
+    real = operating.tune_thresholds  # criteria thresholds (objective f1); evidence sentences tune apart
+    monkeypatch.setattr(operating, "tune_thresholds",
+                        lambda y, p, grid=None: tuned.append((y, p)) or real(y, p, grid))
     outs = [Path("metrics/evaluate.json"), Path("reports/evaluate/summary.md"), Path("stages/evaluate/model/x")]
     for p in outs:  # stand-ins for the pipeline's evaluate outputs, which the ensemble must leave alone
         p.parent.mkdir(parents=True, exist_ok=True)

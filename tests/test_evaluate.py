@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -368,7 +369,7 @@ def test_span_metrics_compare_with_the_annotators_spans_not_the_sentences():
     pred = ev.SplitPredictions("test", posts, posts[list(SYMPTOMS)].to_numpy(), None,
                                [(gold_sent, prob_sent, np.array([[0, 11], [12, len(text)]]))], spans)
     params = validate(default_params())
-    settings = Settings(seed=0, **{**params.evaluate.model_dump(), "bootstrap_resamples": 10})
+    settings = replace(Settings.of(params), seed=0, bootstrap_resamples=10)
     assert ev.evidence_section(pred, settings)["span"]["exact_match"] == 0.0  # against the whole sentence
     pred.gold_spans = [[[span] if k == c else [] for k in range(len(SYMPTOMS))]]
     scored = ev.evidence_section(pred, settings)
@@ -382,7 +383,7 @@ def test_evaluate_scores_spans_against_the_prepared_annotations(project):
     from dsm5lab.evaluation.stage import Settings, predict_val_test
 
     params = load_params(Path("params.yaml"))
-    settings = Settings(seed=params.seed, **params.evaluate.model_dump())
+    settings = Settings.of(params)
     *_, test = predict_val_test(Path("."), Path("stages/train/model"), settings)
     ann = read_table(Path("stages/prepare"), "annotations")
     ann = ann[(ann["split"] == "test") & (ann["status"] == 1) & (ann["start"] >= 0) & ann["symptom"].isin(SYMPTOMS)]
@@ -427,3 +428,46 @@ def test_a_recall_target_is_met_on_val_and_calibration_is_reported(project, cli)
 def test_bad_operating_point_params_are_one_line(project, cli, override, fragment):
     result = cli("evaluate", *sets([override]))
     assert result.exit_code == 2 and fragment in result.stderr, result.stderr
+
+
+def test_evaluate_logs_into_the_mlflow_run_that_trained_the_model(tiny_prepared, tmp_path, monkeypatch, cli):
+    """The train run is tagged with its weights' sha256; evaluate finds it by the weights it scores and adds
+    its headline metrics, thresholds and report there; the report names the training params and checkpoint."""
+    from mlflow.tracking import MlflowClient
+
+    from dsm5lab.tracking import MODEL_TAG
+
+    copy_project(tiny_prepared, tmp_path, monkeypatch)
+    monkeypatch.setenv("DVC_EXP_NAME", "sunny-kite")
+    one_epoch = TINY + ["train.epochs=1", "evaluate.bootstrap_resamples=20"]
+    assert cli("train", *sets(one_epoch)).exit_code == 0
+    result = cli("evaluate", *sets(one_epoch))
+    assert result.exit_code == 0, result.output
+    report = json.loads(Path("reports/evaluate/evaluation_report.json").read_text())
+    client = MlflowClient(tracking_uri=f"sqlite:///{Path('mlflow.db').resolve()}")
+    exp = client.get_experiment_by_name("dsm5lab")
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{MODEL_TAG}` = '{report['model']['sha256']}'")
+    assert len(runs) == 1, [r.info.run_name for r in runs]  # the train run itself, not a second one
+    run = runs[0]
+    assert run.info.run_name == "train" and run.data.tags["dsm5lab.evaluated"] == "true"
+    assert run.data.tags["dvc_exp_name"] == "sunny-kite" and run.info.status == "FINISHED"
+    headline = json.loads(Path("metrics/evaluate.json").read_text())
+    assert run.data.metrics["eval/test.macro_f1"] == pytest.approx(headline["test"]["macro_f1"])
+    thresholds = report["criteria"]["thresholds"]["values"]
+    assert run.data.metrics["eval/threshold/FATIGUE"] == pytest.approx(thresholds["FATIGUE"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert {"evaluation/evaluation_report.json", "evaluation/summary.md", "evaluation/plots"} <= artifacts
+    training = report["training"]
+    assert training["params"]["train"]["epochs"] == 1 and training["checkpoint"]["epoch"] == 1
+    assert round(training["validation"]["macro_f1"], 6) == json.loads(Path("metrics/train.json").read_text())["val"]["macro_f1"]
+
+
+def test_a_model_trained_elsewhere_gets_an_evaluate_run_of_its_own(project, cli):
+    from mlflow.tracking import MlflowClient
+
+    result = cli("evaluate", "--model", "stages/train/model", "--out", "elsewhere", *sets(EVAL))
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(tracking_uri=f"sqlite:///{Path('mlflow.db').resolve()}")
+    runs = client.search_runs([client.get_experiment_by_name("dsm5lab").experiment_id])
+    evaluated = [r for r in runs if r.data.tags.get("dsm5lab.evaluated") == "true"]
+    assert [r.info.run_name for r in evaluated] == ["evaluate"] and "eval/test.macro_f1" in evaluated[0].data.metrics

@@ -3,6 +3,7 @@ JSON-lines input read with one-line errors."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -83,3 +84,12 @@ def read_jsonl(path: Path, what: str, text: str | None = None) -> list[tuple[int
         except json.JSONDecodeError as exc:
             raise UserError(f"{what}: {path} line {n} is not valid JSON ({exc.msg})") from None
     return out
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

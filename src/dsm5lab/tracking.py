@@ -436,3 +436,27 @@ def _run_exists(client, run_id: str) -> bool:
             raise
         return False
     return True
+
+
+MODEL_TAG = "dsm5lab.model_sha256"  # the train run's tag naming the exported weights; evaluate finds the run by it
+
+
+def find_run(uri: str | None, experiment: str, tag: str, value: str) -> str | None:
+    """The newest run of `experiment` whose `tag` is `value`, or None: none there, or MLflow unreachable (one
+    warning line; the caller starts a run of its own, buffered like any other)."""
+    uri = resolve_uri(uri)
+    if uri in _UNREACHABLE:
+        return None
+    try:
+        client = _client(uri)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return None
+        found = client.search_runs([exp.experiment_id], filter_string=f"tags.`{tag}` = '{value}'",
+                                   order_by=["attributes.start_time DESC"], max_results=1)
+    except Exception as exc:  # noqa: BLE001 - a lookup never stops the caller
+        if _is_remote(uri) and _network_error(exc) is not None:
+            _UNREACHABLE[uri] = _one_line(exc)
+        log.warning("MLflow at %s: could not look up the run tagged %s=%s (%s)", uri, tag, value, _one_line(exc))
+        return None
+    return found[0].info.run_id if found else None

@@ -111,7 +111,7 @@ def delta(ensemble: dict, single: dict) -> dict:
 
 
 def _model_block(members_dir: Path, paths: list[Path], configs: list[dict]) -> dict:
-    hashes = [stage._sha256(p / "model.safetensors") for p in paths]
+    hashes = [atomic.sha256_file(p / "model.safetensors") for p in paths]
     formats = {c["encode"]["input_format"] for c in configs}
     return {
         "path": str(members_dir),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -54,12 +53,13 @@ def validate_report(report: dict) -> None:
         raise UserError(f"evaluation report invalid at {where}: {errors[0].message}")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def training_record(config: dict) -> dict:
+    """What the scored model was trained with and where it stopped: its hyperparameters (train and model
+    sections), the checkpoint's step and 1-based epoch, and its validation scores (from the model's config)."""
+    best = config.get("validation") or {}
+    return {"params": config.get("training_params"),
+            "checkpoint": {"step": best.get("step"), "epoch": best["epoch"] + 1 if "epoch" in best else None},
+            "validation": {k.split("/", 1)[1]: v for k, v in best.items() if k.startswith("val/")}}
 
 
 def build_report(params: Params, model_dir: Path, config: dict, manifest: dict, val, test, settings) -> dict:
@@ -71,9 +71,10 @@ def build_report(params: Params, model_dir: Path, config: dict, manifest: dict, 
     spec = config["spec"]
     report = {
         "schema_version": 1,
-        "model": {"path": str(model_dir), "sha256": _sha256(model_dir / "model.safetensors"),
+        "model": {"path": str(model_dir), "sha256": atomic.sha256_file(model_dir / "model.safetensors"),
                   "backbone": config.get("backbone"), "task": spec["task"],
                   "input_format": config["encode"]["input_format"], "level": config["encode"]["level"]},
+        "training": training_record(config),
         "dataset": {"fingerprint": manifest["fingerprint"], "origin": manifest["origin"]},
         "config": {"evaluate": params.evaluate.model_dump(), "seed": params.seed},
         # pinned, the same on every x86-64 machine; native, it names this machine's kernel level
@@ -313,6 +314,7 @@ def run(params: Params, root: Path = Path("."), model_dir: Path | None = None, o
     atomic.write_text(report_dir / "errors.csv", errors.to_csv(index=False, lineterminator="\n"))
     atomic.write_json(report_dir / "evaluation_report.json", report)
     atomic.write_text(report_dir / "summary.md", summary_markdown(report))
+    log_to_mlflow(params, root, report, report_dir)
     if out_dir is None:
         tuned = report.get("evidence", {}).get("sentence", {}).get("tuned")
         export_thresholded(model_dir, root / layout.EVALUATED_MODEL, thresholds,
@@ -321,3 +323,30 @@ def run(params: Params, root: Path = Path("."), model_dir: Path | None = None, o
     else:
         atomic.write_json(report_dir / "metrics.json", headline(report))
     return report
+
+
+def log_to_mlflow(params: Params, root: Path, report: dict, report_dir: Path) -> str | None:
+    """Headline metrics, thresholds, the report and plots into the MLflow run that trained the scored model
+    (found by its weights' sha256, which the train stage tags); a run of its own when none is found (a model
+    trained elsewhere, or MLflow unreachable, where records buffer as usual). Returns the run id."""
+    from dsm5lab import dotted
+    from dsm5lab.tracking import MODEL_TAG, RUN_ID_FILE, Tracker, TrackingSettings, default_tags, find_run
+
+    sha = report["model"]["sha256"]
+    found = find_run(params.tracking.mlflow_uri, params.tracking.experiment, MODEL_TAG, sha)
+    run_dir = root / params.train.checkpoint.dir / "evaluate"  # the pool's scratch space, outside DVC
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if found is not None:  # the tracker continues a run whose id it finds in its run folder
+        atomic.write_text(run_dir / RUN_ID_FILE, found + "\n")
+    settings = TrackingSettings(mlflow_uri=params.tracking.mlflow_uri, experiment=params.tracking.experiment,
+                                run_name="evaluate", live_dir=None, run_dir=run_dir, resume=found is not None,
+                                tags={MODEL_TAG: sha})
+    metrics = dotted.flatten(headline(report))
+    thresholds = report.get("criteria", {}).get("thresholds", {})
+    with Tracker(settings) as tracker:
+        tracker.set_tags({**default_tags(), MODEL_TAG: sha, "dsm5lab.evaluated": "true",
+                          "dsm5lab.threshold_objective": thresholds.get("objective", "f1")})
+        tracker.log_summary({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+        tracker.log_summary({f"eval/threshold/{k}": v for k, v in thresholds.get("values", {}).items()})
+        tracker.log_artifacts(report_dir, "evaluation")
+    return tracker.mlflow_run_id

@@ -51,13 +51,16 @@ def write_run_assets(run_dir: Path, model, tokenizer, window_spec, criteria: lis
         _write_assets(tmp, model, tokenizer, window_spec, criteria, backbone)
 
 
-def export_model(out: Path, model, tokenizer, window_spec, criteria: list[Criterion], result, backbone: str) -> None:
-    """Write the model directory atomically."""
+def export_model(out: Path, model, tokenizer, window_spec, criteria: list[Criterion], result, backbone: str,
+                 training_params: dict | None = None) -> None:
+    """Write the model directory atomically; its config records the best validation and, when given, the
+    hyperparameters it was trained with (deterministic values only, so the same params give the same bytes)."""
     from safetensors.torch import save_model
 
     with atomic.staged_dir(Path(out)) as tmp:
         save_model(model, str(tmp / "model.safetensors"))
-        _write_assets(tmp, model, tokenizer, window_spec, criteria, backbone, {"validation": result.best})
+        extra = {"validation": result.best, **({"training_params": training_params} if training_params else {})}
+        _write_assets(tmp, model, tokenizer, window_spec, criteria, backbone, extra)
 
 
 def check_safetensors(file: Path, what: str, fix: str) -> None:

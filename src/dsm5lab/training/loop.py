@@ -343,4 +343,7 @@ def export_best(run: Run, result: TrainResult, out: Path) -> None:
     if result.best_checkpoint is None:
         return
     load_checkpoint(result.best_checkpoint, run.model, restore_rng=False)
-    export_model(out, run.model, run.tokenizer, run.windower.spec, run.criteria, result, run.params.model.backbone)
+    trained_with = {"seed": run.params.seed, "model": run.params.model.model_dump(mode="json"),
+                    "train": run.params.train.model_dump(mode="json")}
+    export_model(out, run.model, run.tokenizer, run.windower.spec, run.criteria, result, run.params.model.backbone,
+                 trained_with)
