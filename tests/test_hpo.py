@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shutil
 
 import optuna
@@ -190,6 +191,27 @@ def test_median_pruner_prunes_a_clearly_worse_trial():
 def test_pruner_kinds(kind, patience, expected):
     params = params_with(pruner={**default_params()["hpo"]["pruner"], "type": kind, "patience": patience})
     assert type(make_pruner(params)).__name__ == expected
+
+
+@pytest.mark.parametrize("kind", ["none", "median"])
+def test_a_trial_whose_every_report_is_nan_is_pruned_by_any_pruner(kind):
+    """Neither pruner ranks NaN here (none never prunes, median not before its startup trials), and a NaN
+    value would fail the trial uncounted: the reporter prunes it. One number among NaNs is the pruner's call."""
+    params = params_with(pruner={**default_params()["hpo"]["pruner"], "type": kind})
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(params))
+    nan = float("nan")
+    trial = study.ask()
+    reporter = Reporter(trial, "val/macro_f1", report=True, deadline=None)
+    with pytest.raises(optuna.TrialPruned, match=r"every report NaN \(report 0\)"):
+        reporter(0, {"val/macro_f1": nan, "train/epoch": 1.0})
+    assert trial.user_attrs["stop_reason"] == "nan reports" and reporter.epochs == 1.0
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    assert study.trials[0].state.name == "PRUNED" and math.isnan(study.trials[0].intermediate_values[0])
+    mixed = Reporter(study.ask(), "val/macro_f1", report=True, deadline=None)
+    for v in (0.3, nan, nan):
+        mixed(0, {"val/macro_f1": v})
+    silent = Reporter(study.ask(), "val/macro_f1", report=False, deadline=None)  # a cost objective: no reports
+    silent(0, {"val/macro_f1": nan})
 
 
 def test_per_trial_timeout_stops_at_the_next_report():

@@ -1,12 +1,13 @@
 """One Optuna trial = suggest -> the same `build_run()` and `fit()` as the train stage -> report and prune.
 
 A trial reports once per validation (or, in cross-validation, once per fold with the aggregate
-so far); the pruner may stop it there. Per-fold metrics, epochs run and why a trial stopped are
-stored as trial user attributes.
+so far); the pruner may stop it there, and a trial whose every report is NaN is pruned. Per-fold
+metrics, epochs run and why a trial stopped are stored as trial user attributes.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -53,23 +54,42 @@ def fold_plan(params: Params, prepared: Path) -> list[tuple[str, list[str] | Non
     return plan
 
 
+def nan_pruned(trial, reported: list[float], where: str):
+    """TrialPruned when every value the trial reported is NaN, else None.
+
+    No pruner ranks such a trial before its startup trials and warm-up (median) or at all (none), and
+    its NaN value would fail it without a stop_reason, so it would not count towards n_trials: a study
+    whose every trial is NaN would never end. Pruned, it counts and shows at its last report."""
+    import optuna
+
+    if not reported or not all(math.isnan(v) for v in reported):
+        return None
+    trial.set_user_attr("stop_reason", "nan reports")
+    return optuna.TrialPruned(f"every report NaN ({where})")
+
+
 class Reporter:
     """fit()'s on_validation hook: report the metric, prune, and stop at the per-trial deadline."""
 
     def __init__(self, trial, metric: str, report: bool, deadline: float | None, offset: int = 0):
         self.trial, self.metric, self.report, self.deadline = trial, metric, report, deadline
         self.n, self.offset, self.epochs = 0, offset, 0.0
+        self.reported: list[float] = []
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
         import optuna
 
         self.epochs = metrics.get("train/epoch", self.epochs)
         if self.report:
-            self.trial.report(metrics[self.metric], self.offset + self.n)
+            self.reported.append(float(metrics[self.metric]))
+            self.trial.report(self.reported[-1], self.offset + self.n)
         self.n += 1
         if self.deadline is not None and time.monotonic() > self.deadline:
             self.trial.set_user_attr("stop_reason", "trial_timeout")
             raise optuna.TrialPruned(f"per-trial timeout after {self.n} reports")
+        nan = nan_pruned(self.trial, self.reported, f"report {self.offset + self.n - 1}")
+        if nan is not None:
+            raise nan
         if self.report and self.trial.should_prune():
             self.trial.set_user_attr("stop_reason", "pruned")
             raise optuna.TrialPruned(f"pruned at report {self.offset + self.n - 1}")
@@ -123,6 +143,7 @@ def run_trial(trial, ctx: StudyContext) -> float | list[float]:
     cv, metric = hpo.cv.enabled, hpo.objectives[0].metric
     report = not hpo.multi_objective and metric.startswith("val/")  # costs exist only at the end
     folds: list[dict[str, Any]] = []
+    reported: list[float] = []  # the cross-validation aggregates reported so far
     epochs_run, stopped = 0.0, None
     with Tracker(settings) as tracker:
         tracker.log_params({**values, "optuna.trial": trial.number})
@@ -152,7 +173,11 @@ def run_trial(trial, ctx: StudyContext) -> float | list[float]:
             if cv:
                 trial.set_user_attr("fold_metrics", folds)
                 if report:
-                    trial.report(AGGREGATE[hpo.cv.aggregate]([f["values"][0] for f in folds]), k)
+                    reported.append(AGGREGATE[hpo.cv.aggregate]([f["values"][0] for f in folds]))
+                    trial.report(reported[-1], k)
+                    stopped = nan_pruned(trial, reported, f"fold {k}")
+                    if stopped is not None:
+                        break
                     if k + 1 < len(plan) and trial.should_prune():
                         trial.set_user_attr("stop_reason", "pruned")
                         stopped = optuna.TrialPruned(f"pruned after fold {k}")
