@@ -102,10 +102,11 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # DL3008 (pin apt package versions) is ignored on purpose: Debian drops
 # superseded versions from its mirrors at every point release, so a pinned git
 # would break the build within months. The Debian release is fixed by the base
-# image tag, and git is the only apt package (nothing the results depend on).
+# image tag. wordnet-base: WordNet 3.0's database files (/usr/share/wordnet),
+# the thesaurus of train.augment's synonym method (WordNet 3.0, unchanged since 2006).
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends git \
+    && apt-get install -y --no-install-recommends git wordnet-base \
     && rm -rf /var/lib/apt/lists/* \
     && git config --system --add safe.directory /work \
     && git config --system user.name "dsm5lab container" \

@@ -200,6 +200,7 @@ REGISTRIES = {
     "hpo.cv.aggregate": ["dsm5lab.hpo.trial:AGGREGATE"],
     "numerics.cpu_isa": ["dsm5lab.numerics:LEVELS"],
     "evaluate.threshold_objective": ["dsm5lab.evaluation.operating:OBJECTIVES"],
+    "train.augment.methods[]": ["dsm5lab.training.augment:METHODS"],
 }
 
 # Literal fields with no registry: plain switches whose values are tested where they are used.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -132,6 +132,28 @@ class CheckpointConfig(Strict):
     min_free_gb: float = Field(ge=0.0)
 
 
+AugmentMethod = Literal["synonym", "random_swap", "random_delete", "contextual"]
+
+
+class AugmentConfig(Strict):
+    """train.augment: training posts only, unannotated sentences only, redrawn each epoch (training.augment)."""
+
+    methods: list[AugmentMethod]  # [] = off
+    prob: float = Field(ge=0.0, lt=1.0)  # EDA's alpha: the share of an augmented sentence's words changed
+    wordnet_dir: str = Field(min_length=1)  # synonym: WordNet 3.0's index.* and data.* (Debian's wordnet-base)
+    mlm_model: str | None  # contextual: a model with a masked-LM head; null = model.backbone
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _methods(cls, value: Any) -> Any:
+        # an HPO categorical holds scalars only: "synonym+random_swap" stands for [synonym, random_swap]
+        if isinstance(value, str):
+            value = [m.strip() for m in value.split("+")] if value.strip() else []
+        if isinstance(value, list) and len(set(map(str, value))) != len(value):
+            raise ValueError(f"methods repeat a method: {value} (allowed: {', '.join(get_args(AugmentMethod))})")
+        return value
+
+
 class TrainConfig(Strict):
     task: Literal["criteria", "evidence", "joint"]
     input_format: Literal["multi_label", "binary_pairs"]
@@ -164,6 +186,7 @@ class TrainConfig(Strict):
     deterministic: bool
     num_workers: int = Field(ge=0, le=64)
     threads: int | Literal["auto"]  # 0: torch's default; auto: cores / concurrent processes (dsm5lab.concurrency)
+    augment: AugmentConfig
 
     @field_validator("threads", mode="before")
     @classmethod

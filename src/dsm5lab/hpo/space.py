@@ -86,7 +86,12 @@ def data_hash(prepared: Path) -> str:
 def no_effect_keys(params: Params) -> tuple[str, ...]:
     """model/train keys whose value cannot change a trial: early stopping's patience (and the min_delta that
     only feeds it) when a trial validates once per epoch for a fixed number of epochs and patience >=
-    epochs - 1, so it could only stop a trial at its last validation, where the trial ends anyway."""
+    epochs - 1, so it could only stop a trial at its last validation, where the trial ends anyway; and
+    train.augment while no trial augments (no method or prob 0, none of its keys searched)."""
+    return _no_effect_patience(params) + _no_effect_augment(params)
+
+
+def _no_effect_patience(params: Params) -> tuple[str, ...]:
     hpo = params.hpo
     if "train.epochs" in hpo.search_space or any(k.startswith("train.early_stopping") for k in hpo.search_space):
         return ()
@@ -96,6 +101,13 @@ def no_effect_keys(params: Params) -> tuple[str, ...]:
     if every == 0 and patience >= epochs - 1:
         return ("train.early_stopping.patience", "train.early_stopping.min_delta")
     return ()
+
+
+def _no_effect_augment(params: Params) -> tuple[str, ...]:
+    hpo, aug = params.hpo, params.train.augment
+    if any(k.startswith("train.augment.") for k in (*hpo.search_space, *hpo.trial_overrides)):
+        return ()
+    return ("train.augment",) if not aug.methods or aug.prob == 0 else ()
 
 
 def definition(params: Params) -> dict[str, Any]:

@@ -71,6 +71,7 @@ def fit(run: Run, tracker, on_validation: OnValidation | None = None, label: str
         start_epoch, skip = start_epoch + 1, 0
     losses = _LossMeans(run.device)
     for epoch in range(start_epoch, t.epochs):
+        run.prepare_epoch(epoch)  # train.augment: this epoch's augmented training text (no-op when off)
         order = run.epoch_order(epoch)
         tick = epoch_start = time.perf_counter()
         losses.new_epoch()

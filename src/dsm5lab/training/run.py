@@ -29,6 +29,7 @@ from dsm5lab.errors import UserError
 from dsm5lab.models.backbone import build_backbone
 from dsm5lab.models.multitask import ModelSpec, MultiTaskModel
 from dsm5lab.pool.policy import mode_for
+from dsm5lab.training.augment import build_augmenter
 from dsm5lab.training.checkpoint import (CheckpointManager, clear_run, estimate_checkpoint_bytes, load_checkpoint,
                                          peek_state)
 from dsm5lab.training.encoding import Group, Windower, WindowSpec, bucket_batches, collate
@@ -102,6 +103,8 @@ class Run:
     state: TrainState
     resumed_from: Path | None
     threads_rule: str = "pinned by train.threads"  # why torch runs `threads` threads (resolve_threads)
+    augmenter: Any = None  # train.augment (training.augment.Augmenter), None when off
+    train_sentences: pd.DataFrame | None = None  # the training posts' sentences, what the augmenter rewrites
 
     @property
     def pad_id(self) -> int:
@@ -118,6 +121,14 @@ class Run:
     def epoch_order(self, epoch: int) -> list[list[int]]:
         """The epoch's micro-batches (group indices), length-bucketed and shuffled by (seed, epoch)."""
         return epoch_order(self.train_groups, self.state.micro_batch, self.params.seed, epoch)
+
+    def prepare_epoch(self, epoch: int) -> None:
+        """Re-augment the training posts for `epoch` (seeded by seed and epoch) and re-encode them; nothing when
+        train.augment is off. Only the training posts: validation groups are encoded once, from the prepared text."""
+        if self.augmenter is None:
+            return
+        posts, sentences = self.augmenter(self.train_posts, self.train_sentences, self.params.seed, epoch)
+        self.train_groups = self.windower.encode(posts, sentences)
 
     def batches(self, order: list[list[int]], epoch: int):
         """Collated batches in `order` on the run's device, built by train.num_workers workers."""
@@ -264,6 +275,7 @@ def build_run(params: Params, paths: RunPaths, *, resume: bool = False, train_id
     if metric not in VAL_METRICS[t.task]:
         raise UserError(f"train.early_stopping.metric: {metric!r} is not computed for task {t.task!r} "
                         f"(allowed: {', '.join(VAL_METRICS[t.task])})")
+    augmenter = build_augmenter(params, device)  # before the long steps: a missing thesaurus or MLM fails now
     train_posts, val_posts, sentences = load_splits(paths.prepared, train_ids, val_ids)
     criteria = load_criteria(paths.prepared / "criteria.json")
     descriptions = [c.description for c in criteria]
@@ -297,5 +309,7 @@ def build_run(params: Params, paths: RunPaths, *, resume: bool = False, train_id
     if resumed_from is not None:
         saved = load_checkpoint(resumed_from, model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
         state = TrainState.from_dict({"micro_batch": micro, "accumulation": accum, **saved})
+    train_sentences = None if augmenter is None else sentences[sentences["post_id"].isin(set(train_posts["post_id"]))]
     return Run(params, paths, device, train_posts, val_posts, criteria, backbone.tokenizer, windower, train_groups,
-               val_groups, model, weights, optimizer, scheduler, scaler, manager, state, resumed_from, threads_rule)
+               val_groups, model, weights, optimizer, scheduler, scaler, manager, state, resumed_from, threads_rule,
+               augmenter, train_sentences)
