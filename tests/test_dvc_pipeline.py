@@ -160,7 +160,7 @@ def test_repro_then_status_is_clean_and_reproduces_the_lock(clone):
     had_lock = (repo / "dvc.lock").exists()
     # the project's own cache: what this run computes (outputs and DVC's run-cache) is there afterwards, so a
     # `dvc repro` of the same commit in the project restores those stages instead of recomputing them (CI's
-    # `make run` after `make test`: only hpo, whose study storage persists, runs again)
+    # `make run` after `make test`: prepare, hpo and evaluate run again, see tests/test_runcache.py)
     sh("dvc", "cache", "dir", "--local", str(ROOT / ".dvc" / "cache"), cwd=repo, env=env)
     sh("dvc", "repro", cwd=repo, env=env)
     status = sh("dvc", "status", cwd=repo, env=env)
