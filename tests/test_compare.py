@@ -97,3 +97,19 @@ def test_holm_and_mcnemar_by_hand():
     m = comparison.mcnemar(right, np.ones(15, dtype=bool))  # B right on 5 more posts, never worse
     assert (m["only_a_right"], m["only_b_right"]) == (0, 5) and m["p_value"] == pytest.approx(2 / 2**5)
     assert comparison.mcnemar(right, right)["p_value"] == 1.0
+
+
+def test_other_gold_labels_cannot_be_paired(repo, cli):
+    ids, gold, pred, sentences = decisions(seed=0)
+    gold = gold.copy()
+    gold[0] = ~gold[0]
+    write_run(repo, ids, gold, pred, sentences)
+    result = cli("compare", "HEAD", "workspace")
+    assert result.exit_code == 2 and "different gold labels" in result.stderr
+
+
+def test_too_few_resamples_for_holm_say_so(repo, cli):
+    assert comparison.min_holm_resamples(9, 0.05) == 360
+    said = cli("compare", "HEAD~1", "HEAD", "--set", "evaluate.bootstrap_resamples=100").stdout
+    assert "no criterion can reach Holm-adjusted p < 0.05; use at least 360" in said
+    assert "Holm" not in cli("compare", "HEAD~1", "HEAD", *FAST).stdout.split("McNemar")[1]

@@ -462,6 +462,28 @@ def test_evaluate_logs_into_the_mlflow_run_that_trained_the_model(tiny_prepared,
     assert round(training["validation"]["macro_f1"], 6) == json.loads(Path("metrics/train.json").read_text())["val"]["macro_f1"]
 
 
+def test_another_experiment_never_rewrites_the_training_run(tiny_prepared, tmp_path, monkeypatch, cli):
+    """The same weights scored for another experiment (train restored from DVC's run-cache): a run of its own,
+    tagged with the training run, which keeps its experiment name and gets no eval metrics."""
+    from mlflow.tracking import MlflowClient
+
+    copy_project(tiny_prepared, tmp_path, monkeypatch)
+    one_epoch = TINY + ["train.epochs=1", "evaluate.bootstrap_resamples=20"]
+    monkeypatch.setenv("DVC_EXP_NAME", "baseline-exp")
+    assert cli("train", *sets(one_epoch)).exit_code == 0
+    monkeypatch.setenv("DVC_EXP_NAME", "threshold-exp")
+    result = cli("evaluate", *sets(one_epoch + ["evaluate.threshold_objective=precision_at_recall"]))
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(tracking_uri=f"sqlite:///{Path('mlflow.db').resolve()}")
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("dsm5lab").experiment_id])}
+    train, evaluate = runs["train"], runs["evaluate"]
+    assert train.data.tags["dvc_exp_name"] == "baseline-exp" and "dsm5lab.evaluated" not in train.data.tags
+    assert not [k for k in train.data.metrics if k.startswith("eval/")]
+    assert evaluate.data.tags["dvc_exp_name"] == "threshold-exp"
+    assert evaluate.data.tags["dsm5lab.trained_by"] == train.info.run_id
+    assert evaluate.data.tags["dsm5lab.threshold_objective"] == "precision_at_recall"
+
+
 def test_a_model_trained_elsewhere_gets_an_evaluate_run_of_its_own(project, cli):
     from mlflow.tracking import MlflowClient
 

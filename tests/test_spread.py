@@ -29,7 +29,7 @@ def test_off_by_default_it_measures_nothing_and_touches_nothing(project, cli):
 
 
 def test_seeds_report_mean_std_min_max_beside_the_single_run_interval(project, cli):
-    result = cli("spread", *sets(FAST + ["evaluate.seeds=[3, 4, 5]"]))
+    result = cli("spread", *sets(FAST + ["spread.seeds=[3, 4, 5]"]))
     assert result.exit_code == 0, result.output
     full = json.loads(Path("reports/spread/spread.json").read_text())
     assert [r["seed"] for r in full["runs"]] == [3, 4, 5]
@@ -57,7 +57,7 @@ def test_cv_scores_each_train_val_post_once_and_never_reads_test(project, cli, m
         return real(name, model, windower, part, *args, **kwargs)
 
     monkeypatch.setattr(views, "predict_split", spy)
-    result = cli("spread", *sets(FAST + ["evaluate.cv=true"]))
+    result = cli("spread", *sets(FAST + ["spread.cv=true"]))
     assert result.exit_code == 0, result.output
     cv = json.loads(Path("reports/spread/spread.json").read_text())["cv"]
     from dsm5lab.data.schema import read_table
@@ -78,7 +78,7 @@ def test_cv_scores_each_train_val_post_once_and_never_reads_test(project, cli, m
 
 def test_cv_needs_three_folds():
     posts = pd.DataFrame({"post_id": list("abcd"), "fold": [0, 1, 0, 1]})
-    with pytest.raises(Exception, match="evaluate.cv needs prepare.n_folds >= 3"):
+    with pytest.raises(Exception, match="spread.cv needs prepare.n_folds >= 3"):
         spread.fold_plan(posts)
     plan = spread.fold_plan(pd.DataFrame({"post_id": list("abcdefg"), "fold": [0, 1, 2, 0, 1, 2, -1]}))
     assert [(h, sorted(t), sorted(u), sorted(o)) for h, t, u, o in plan] == [
@@ -88,5 +88,20 @@ def test_cv_needs_three_folds():
 
 @pytest.mark.parametrize("value", ["[1, 1]", "[-1]"])
 def test_bad_seed_lists_are_one_line(project, cli, value):
-    result = cli("spread", *sets(FAST + [f"evaluate.seeds={value}"]))
-    assert result.exit_code == 2 and "evaluate.seeds" in result.stderr and "distinct" in result.stderr
+    result = cli("spread", *sets(FAST + [f"spread.seeds={value}"]))
+    assert result.exit_code == 2 and "spread.seeds" in result.stderr and "distinct" in result.stderr
+
+
+def test_an_absolute_checkpoint_dir_is_never_touched(project, cli, tmp_path):
+    """Seed runs checkpoint inside their scratch copy: a user's pool elsewhere keeps every byte."""
+    pool = tmp_path / "pool"
+    (pool / "train").mkdir(parents=True)
+    (pool / "train" / "keep.txt").write_text("the user's checkpoints\n")
+    result = cli("spread", *sets(FAST + ["spread.seeds=[3]", f"train.checkpoint.dir={pool}"]))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.relative_to(pool).as_posix() for p in pool.rglob("*")) == ["train", "train/keep.txt"]
+
+
+def test_cv_refuses_sentence_level(project, cli):
+    result = cli("spread", *sets(FAST + ["spread.cv=true", "train.level=sentence", "train.task=criteria"]))
+    assert result.exit_code == 2 and "train.level is sentence (allowed: post)" in result.stderr

@@ -375,3 +375,32 @@ def test_default_tags_and_uri(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
     assert resolve_uri(None) == "http://mlflow.example:5000"
     assert resolve_uri("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
+
+
+
+def test_a_slow_artifact_upload_is_buffered_without_writing_the_server_off(tmp_path, monkeypatch):
+    """A read timeout on an upload (the server took it, answered late): that record waits for replay, and the
+    server stays in use for the next records and trackers."""
+    import requests
+
+    real_apply = tracking._apply
+
+    def slow_uploads(client, run_id, record):
+        if record["type"] == "artifact":
+            raise requests.exceptions.ReadTimeout("Read timed out. (read timeout=5)")
+        return real_apply(client, run_id, record)
+
+    monkeypatch.setattr(tracking, "_apply", slow_uploads)
+    monkeypatch.setattr(tracking, "_is_remote", lambda uri: True)  # as an http store would be
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (tmp_path / "big.bin").write_bytes(b"0" * 1024)
+    with Tracker(settings(tmp_path, uri, "slow", live_dir=None)) as tracker:
+        tracker.log_artifacts(tmp_path / "big.bin", "model")
+        tracker.log_metrics({"train/loss": 0.5}, step=1)
+    assert uri not in tracking._UNREACHABLE and not tracker._ml.failed
+    buffered = [json.loads(x) for x in tracker.buffer_path.read_text().splitlines()]
+    assert [r["type"] for r in buffered] == ["artifact"]
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(tracking_uri=uri).get_run(tracker.mlflow_run_id)
+    assert run.data.metrics["train/loss"] == 0.5 and run.info.status == "FINISHED"

@@ -249,6 +249,8 @@ def compare(
         m = result["mcnemar"]
         typer.echo(f"McNemar (exact) on exact match: A {m['a_exact_match']:.4f}, B {m['b_exact_match']:.4f}; "
                    f"only A right {m['only_a_right']}, only B right {m['only_b_right']}, p = {m['p_value']:.4g}")
+    for note in result.get("notes", []):
+        typer.echo(f"compare: {note}")
     if json_out is not None:
         atomic.write_json(json_out, result)
 
@@ -256,8 +258,8 @@ def compare(
 @app.command()
 @user_errors
 def spread(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
-    """Train and evaluate the train config once per evaluate.seeds and/or cross-validate it over prepare's folds
-    (evaluate.cv): metrics/spread.json and reports/spread/summary.md."""
+    """Train and evaluate the train config once per spread.seeds and/or cross-validate it over prepare's folds
+    (spread.cv): metrics/spread.json and reports/spread/summary.md."""
     from dsm5lab.evaluation import spread as spread_mod
 
     cfg = _with_study(_load_pinned(params, set_))  # the params the train stage trains with

@@ -147,6 +147,9 @@ def compare(a: paired.Predictions, b: paired.Predictions, resamples: int, seed: 
         raise UserError(f"the two scored different test posts ({len(a.post_ids)} vs {len(b.post_ids)}; "
                         "the prepared data differs), so they cannot be paired")
     a = a.aligned_to(b.post_ids)
+    if not (a.posts["gold"] == b.posts["gold"]).all():
+        raise UserError("the two scored the same test posts with different gold labels (the annotations or the "
+                        "labelling rule changed), so their decisions cannot be paired")
     n = len(b.post_ids)
     half = alpha / 2  # paired_bootstrap bounds a (1 - 2 x its alpha) interval
     out: dict = {"n_posts": n, "resamples": resamples, "seed": seed, "alpha": alpha, "metrics": {}, "criteria": {}}
@@ -164,7 +167,16 @@ def compare(a: paired.Predictions, b: paired.Predictions, resamples: int, seed: 
             row["significant"] = p is not None and p < alpha
         gold = a.posts["gold"]
         out["mcnemar"] = mcnemar((a.posts["at_tuned"] == gold).all(1), (b.posts["at_tuned"] == gold).all(1))
+        floor = min_holm_resamples(len(SYMPTOMS), alpha)
+        if resamples < floor:  # the smallest bootstrap p is 2 / (resamples + 1); Holm multiplies it by 9
+            out["notes"] = [f"with {resamples} resamples no criterion can reach Holm-adjusted p < {alpha:g}; "
+                            f"use at least {floor} (evaluate.bootstrap_resamples)"]
     return out
+
+
+def min_holm_resamples(tests: int, alpha: float) -> int:
+    """Resamples below which the smallest two-sided bootstrap p, x `tests` (Holm's first step), cannot be < alpha."""
+    return math.ceil(2 * tests / alpha)
 
 
 def run(root: Path, ref_a: str, ref_b: str, directory: str, resamples: int, seed: int, alpha: float) -> dict:

@@ -354,7 +354,14 @@ class Tracker:
                 _apply(self._ml.client, self._run_id, record)
                 return
             except Exception as exc:  # noqa: BLE001 - never let MLflow stop training
-                self._fail(exc)
+                if record["type"] == "artifact" and _slow_answer(exc):
+                    # a big upload the server took but answered late (an S3 copy behind it): this record waits
+                    # for replay; the server is not dead, so later records and trackers keep using it
+                    log.warning("MLflow at %s did not confirm the upload of %s within MLFLOW_HTTP_REQUEST_TIMEOUT "
+                                "(raise it for big artifacts); buffered to %s for replay", self._ml.uri,
+                                record["path"], self.buffer_path)
+                else:
+                    self._fail(exc)
         self._buffer(record)
 
     def _buffer(self, record: dict) -> None:
@@ -366,6 +373,12 @@ class Tracker:
         self.buffer_path.parent.mkdir(parents=True, exist_ok=True)
         with self.buffer_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+
+def _slow_answer(exc: BaseException) -> bool:
+    """A read timeout: the server accepted the connection and the request but answered too late."""
+    network = _network_error(exc)
+    return network is not None and "ReadTimeout" in type(network).__name__
 
 
 def _one_line(exc: BaseException) -> str:
@@ -441,9 +454,9 @@ def _run_exists(client, run_id: str) -> bool:
 MODEL_TAG = "dsm5lab.model_sha256"  # the train run's tag naming the exported weights; evaluate finds the run by it
 
 
-def find_run(uri: str | None, experiment: str, tag: str, value: str) -> str | None:
-    """The newest run of `experiment` whose `tag` is `value`, or None: none there, or MLflow unreachable (one
-    warning line; the caller starts a run of its own, buffered like any other)."""
+def find_run(uri: str | None, experiment: str, tag: str, value: str) -> tuple[str, dict[str, str]] | None:
+    """(run id, tags) of the newest run of `experiment` whose `tag` is `value`, or None: none there, or MLflow
+    unreachable (one warning line; the caller starts a run of its own, buffered like any other)."""
     uri = resolve_uri(uri)
     if uri in _UNREACHABLE:
         return None
@@ -459,4 +472,4 @@ def find_run(uri: str | None, experiment: str, tag: str, value: str) -> str | No
             _UNREACHABLE[uri] = _one_line(exc)
         log.warning("MLflow at %s: could not look up the run tagged %s=%s (%s)", uri, tag, value, _one_line(exc))
         return None
-    return found[0].info.run_id if found else None
+    return (found[0].info.run_id, dict(found[0].data.tags)) if found else None

@@ -221,15 +221,6 @@ class EvaluateConfig(Strict):
     threshold_target: float = Field(default=0.8, gt=0.0, le=1.0)
     threshold_targets: dict[str, float] = Field(default_factory=dict)  # per criterion, e.g. SUICIDAL_THOUGHTS: 0.95
     temperature_scaling: bool = False  # fit one temperature per criterion on val; report test ECE/Brier after it
-    seeds: list[int] = Field(default_factory=list)  # the spread stage: train + evaluate once per seed; [] = off
-    cv: bool = False  # the spread stage: out-of-fold estimate over prepare's folds
-
-    @field_validator("seeds")
-    @classmethod
-    def _distinct_seeds(cls, value: list[int]) -> list[int]:
-        if len(set(value)) != len(value) or any(s < 0 for s in value):
-            raise ValueError(f"seeds must be distinct non-negative integers (got {value})")
-        return value
 
     @field_validator("threshold_targets")
     @classmethod
@@ -241,6 +232,20 @@ class EvaluateConfig(Strict):
                 raise ValueError(f"unknown criterion {name!r} (allowed: {', '.join(SYMPTOMS)})")
             if not 0.0 < target <= 1.0:
                 raise ValueError(f"{name}: target {target} must be in (0, 1]")
+        return value
+
+
+class SpreadConfig(Strict):
+    """The spread stage (its own section, so the evaluate stage does not re-run when these change)."""
+
+    seeds: list[int] = Field(default_factory=list)  # train + evaluate the train config once per seed; [] = off
+    cv: bool = False  # out-of-fold estimate over prepare's folds
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value) or any(s < 0 for s in value):
+            raise ValueError(f"seeds must be distinct non-negative integers (got {value})")
         return value
 
 
@@ -268,6 +273,7 @@ class Params(Strict):
     model: ModelConfig
     train: TrainConfig
     evaluate: EvaluateConfig
+    spread: SpreadConfig = Field(default_factory=SpreadConfig)
     tracking: TrackingConfig
     hpo: HpoConfig
     retention: RetentionConfig

@@ -1,17 +1,18 @@
 """The `spread` stage: how far the headline numbers move with the training seed and with the split.
 
-- Seeds (`evaluate.seeds`): the final config (params.yaml, the prepared data fixed) is trained and evaluated
+- Seeds (`spread.seeds`): the final config (params.yaml, the prepared data fixed) is trained and evaluated
   once per seed. Per headline metric: mean, sample standard deviation, min and max over seeds, beside the
   mean width of a single run's bootstrap interval over test posts: when the seed spread is as wide as that
   interval, one run cannot rank two configurations.
-- Cross-validation (`evaluate.cv`): for each of prepare's k folds (train + val posts; test is never read)
+- Cross-validation (`spread.cv`): for each of prepare's k folds (train + val posts; test is never read)
   the config is trained on k - 2 folds, early-stopped and thresholded on the next fold
   (`evaluate.threshold_objective`), and scores the held-out fold. Out-of-fold micro/macro-F1 pool every
   held-out post once; the per-fold values give their spread. Post-level criteria only: training posts are
   segmented around their annotations, so sentence-level numbers would flatter the held-out folds.
 
-Each run happens in a scratch copy of the prepared data with its own MLflow store (no model artifacts pile up
-in the project's store) and is deleted after it is scored, so disk holds one run's checkpoints at a time.
+Each run happens in a scratch copy of the prepared data (under $TMPDIR: point it at a disk with room for one
+run's checkpoints) with its own checkpoint folder and MLflow store (no model artifacts pile up in the project's
+store); its weights are deleted once it is scored, so disk holds one run's checkpoints at a time.
 With neither switch on, the stage writes that it measured nothing.
 """
 
@@ -34,6 +35,8 @@ from dsm5lab.data.labels import SYMPTOMS
 from dsm5lab.errors import UserError
 from dsm5lab.metrics import multilabel_f1
 from dsm5lab.progress import progress, say
+
+SCRATCH_CHECKPOINTS = "checkpoints"  # inside the scratch project, whatever train.checkpoint.dir says
 
 # metric -> where a single run's bootstrap interval sits in its evaluation report (None: no interval)
 HEADLINE = {
@@ -68,9 +71,11 @@ def scratch_project(root: Path, what: str) -> Iterator[Path]:
 
 
 def scratch_params(params: Params, scratch: Path, *overrides: str) -> Params:
-    """params with overrides, logging to the scratch project's own MLflow store."""
+    """params with overrides, checkpointing and logging inside the scratch project (an absolute
+    train.checkpoint.dir would otherwise send them, and the clean-up after each run, to the user's pool)."""
     raw = apply_overrides(params.model_dump(mode="json"),
-                          [*overrides, f"tracking.mlflow_uri=sqlite:///{scratch / 'mlflow.db'}"])
+                          [*overrides, f"tracking.mlflow_uri=sqlite:///{scratch / 'mlflow.db'}",
+                           f"train.checkpoint.dir={scratch / SCRATCH_CHECKPOINTS}"])
     return validate(raw, source="spread params")
 
 
@@ -118,7 +123,7 @@ def seed_runs(params: Params, root: Path, seeds: list[int]) -> list[dict]:
                             widths[key] = ci["high"] - ci["low"]
             runs.append({"seed": seed, "values": values, "ci_width": widths})
             say(f"spread: seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
-            for folder in (params.train.checkpoint.dir, layout.TRAINED_MODEL, layout.EVALUATED_MODEL):
+            for folder in (SCRATCH_CHECKPOINTS, layout.TRAINED_MODEL, layout.EVALUATED_MODEL):
                 shutil.rmtree(scratch / folder, ignore_errors=True)  # one run's weights on disk at a time
     return runs
 
@@ -140,7 +145,7 @@ def fold_plan(posts) -> list[tuple[int, list[str], list[str], list[str]]]:
     pool = posts[posts["fold"] >= 0]
     folds = sorted(int(f) for f in pool["fold"].unique())
     if len(folds) < 3:
-        raise UserError(f"evaluate.cv needs prepare.n_folds >= 3 (one fold held out, one to stop and tune on, "
+        raise UserError(f"spread.cv needs prepare.n_folds >= 3 (one fold held out, one to stop and tune on, "
                         f"the rest to train; prepare made {len(folds)})")
     plan = []
     for i, held in enumerate(folds):
@@ -162,7 +167,10 @@ def cross_validate(params: Params, root: Path) -> dict:
     from dsm5lab.training.run import RunPaths, build_run
 
     if params.train.task == "evidence":
-        raise UserError("evaluate.cv scores the criteria head; train.task is evidence (use criteria or joint)")
+        raise UserError("spread.cv scores the criteria head; train.task is evidence (use criteria or joint)")
+    if params.train.level == "sentence":  # held-out folds hold training posts, cut around their annotations
+        raise UserError("spread.cv scores post-level models; train.level is sentence (allowed: post), whose "
+                        "held-out folds would be segmented around their own annotations")
     gold, pred, per_fold = [], [], []
     with scratch_project(root, "cv") as scratch:
         posts = read_table(scratch / layout.PREPARED, "posts")
@@ -170,7 +178,7 @@ def cross_validate(params: Params, root: Path) -> dict:
         plan = fold_plan(posts)
         p = scratch_params(params, scratch)
         for held, train_ids, tune_ids, held_ids in progress(plan, desc="spread: cv folds"):
-            run_dir = scratch / "checkpoints" / f"fold-{held}"
+            run_dir = scratch / SCRATCH_CHECKPOINTS / f"fold-{held}"
             settings = TrackingSettings(mlflow_uri=p.tracking.mlflow_uri, experiment=p.tracking.experiment,
                                         run_name=f"cv/fold-{held}", live_dir=None, run_dir=run_dir)
             with Tracker(settings) as tracker:
@@ -232,7 +240,7 @@ def summary_markdown(result: dict) -> str:
         lines += [f"| {k} | {f(v['mean'])} | {f(v['std'])} | {f(v['min'])} | {f(v['max'])} | "
                   f"{f(v['single_run_ci_width'])} |" for k, v in seeds["metrics"].items()]
     else:
-        lines.append("No seed study (evaluate.seeds is empty).")
+        lines.append("No seed study (spread.seeds is empty).")
     lines.append("")
     if cv["enabled"]:
         lines += [f"Cross-validation over {cv['folds']} folds ({cv['posts']} train+val posts, each scored once, "
@@ -243,17 +251,17 @@ def summary_markdown(result: dict) -> str:
                   f"| micro-F1 | {f(cv['out_of_fold']['micro_f1'])} | {f(cv['per_fold_micro_f1']['mean'])} | "
                   f"{f(cv['per_fold_micro_f1']['std'])} |"]
     else:
-        lines.append("No cross-validation (evaluate.cv is false).")
+        lines.append("No cross-validation (spread.cv is false).")
     return "\n".join([*lines, ""])
 
 
 def run(params: Params, root: Path = Path(".")) -> dict:
     """Measure what is switched on and write metrics/spread.json and reports/spread/."""
     root = Path(root)
-    seeds = params.evaluate.seeds
+    seeds = params.spread.seeds
     runs = seed_runs(params, root, seeds) if seeds else []
     result = {"seeds": seed_summary(runs) if runs else {"n": 0},
-              "cv": cross_validate(params, root) if params.evaluate.cv else {"enabled": False}}
+              "cv": cross_validate(params, root) if params.spread.cv else {"enabled": False}}
     with atomic.staged_dir(root / layout.SPREAD_REPORTS) as tmp:
         atomic.write_json(tmp / "spread.json", {**result, "runs": runs})
         atomic.write_text(tmp / "summary.md", summary_markdown(result))

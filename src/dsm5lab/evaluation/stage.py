@@ -38,8 +38,8 @@ class Settings:
 
     @classmethod
     def of(cls, params: Params) -> Settings:
-        """The evaluation settings of params (the spread stage's own keys left out)."""
-        return cls(seed=params.seed, **params.evaluate.model_dump(exclude={"seeds", "cv"}))
+        """The evaluation settings of params."""
+        return cls(seed=params.seed, **params.evaluate.model_dump())
 
 
 def validate_report(report: dict) -> None:
@@ -327,24 +327,29 @@ def run(params: Params, root: Path = Path("."), model_dir: Path | None = None, o
 
 def log_to_mlflow(params: Params, root: Path, report: dict, report_dir: Path) -> str | None:
     """Headline metrics, thresholds, the report and plots into the MLflow run that trained the scored model
-    (found by its weights' sha256, which the train stage tags); a run of its own when none is found (a model
-    trained elsewhere, or MLflow unreachable, where records buffer as usual). Returns the run id."""
+    (found by its weights' sha256, which the train stage tags) when that run belongs to this experiment and
+    commit. Otherwise (the same weights trained for another experiment, restored from DVC's run-cache; a model
+    trained elsewhere; MLflow unreachable, where records buffer as usual) a run of its own, tagged with the
+    training run it scores, so no other experiment's run is ever rewritten. Returns the run id."""
     from dsm5lab import dotted
     from dsm5lab.tracking import MODEL_TAG, RUN_ID_FILE, Tracker, TrackingSettings, default_tags, find_run
 
     sha = report["model"]["sha256"]
     found = find_run(params.tracking.mlflow_uri, params.tracking.experiment, MODEL_TAG, sha)
+    here = default_tags()
+    ours = found is not None and all(found[1].get(k) == here.get(k) for k in ("dvc_exp_name", "git_commit"))
     run_dir = root / params.train.checkpoint.dir / "evaluate"  # the pool's scratch space, outside DVC
     run_dir.mkdir(parents=True, exist_ok=True)
-    if found is not None:  # the tracker continues a run whose id it finds in its run folder
-        atomic.write_text(run_dir / RUN_ID_FILE, found + "\n")
+    (run_dir / RUN_ID_FILE).unlink(missing_ok=True)
+    if ours:  # the tracker continues a run whose id it finds in its run folder
+        atomic.write_text(run_dir / RUN_ID_FILE, found[0] + "\n")
+    tags = {MODEL_TAG: sha, **({"dsm5lab.trained_by": found[0]} if found is not None and not ours else {})}
     settings = TrackingSettings(mlflow_uri=params.tracking.mlflow_uri, experiment=params.tracking.experiment,
-                                run_name="evaluate", live_dir=None, run_dir=run_dir, resume=found is not None,
-                                tags={MODEL_TAG: sha})
+                                run_name="evaluate", live_dir=None, run_dir=run_dir, resume=ours, tags=tags)
     metrics = dotted.flatten(headline(report))
     thresholds = report.get("criteria", {}).get("thresholds", {})
     with Tracker(settings) as tracker:
-        tracker.set_tags({**default_tags(), MODEL_TAG: sha, "dsm5lab.evaluated": "true",
+        tracker.set_tags({**tags, "dsm5lab.evaluated": "true",
                           "dsm5lab.threshold_objective": thresholds.get("objective", "f1")})
         tracker.log_summary({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
         tracker.log_summary({f"eval/threshold/{k}": v for k, v in thresholds.get("values", {}).items()})
