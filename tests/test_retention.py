@@ -28,7 +28,7 @@ from dsm5lab.errors import UserError
 from dsm5lab import retention as stage
 from dsm5lab.pool.policy import decide_retention
 from dsm5lab.pool.registry import FILES, REGISTRY, STATE_FILE, WEIGHT_FILES, Registry
-from dsm5lab.training.checkpoint import CheckpointManager, load_checkpoint
+from dsm5lab.training.checkpoint import CheckpointManager, clear_run, load_checkpoint
 
 STUDY = "dsm5lab-0123abcd"
 METRIC = "val/macro_f1"
@@ -350,7 +350,7 @@ def test_a_deletion_interrupted_inside_a_folder_is_cleaned_up_next_time(tmp_path
 KILLED = """
 import os, signal, sys
 from pathlib import Path
-from dsm5lab import retention
+from dsm5lab import atomic, retention
 from dsm5lab.cli import main
 from dsm5lab.pool.registry import Registry
 
@@ -371,6 +371,10 @@ elif point == "swap":  # the previous out moved aside, the new one not yet in it
     os.replace = after(os.replace, lambda src, dst: Path(dst).name.startswith(".retention.old-"))
 elif point == "delete":  # one run's checkpoints deleted, the other runs' not yet
     Registry.remove = after(Registry.remove)
+elif point == "strip":  # all deleted, one run's kept checkpoints stripped to weights only
+    Registry.strip = after(Registry.strip)
+elif point == "metrics":  # the metrics written, the process not yet exited
+    atomic.write_json = after(atomic.write_json, lambda path, data: Path(path).name == "retention.json")
 sys.argv = ["dsm5lab", "retention"]
 main()
 """
@@ -388,10 +392,10 @@ def leftovers(root: Path) -> list[str]:
                   for p in (root / d).glob(".*") if ".retention" in p.name or ".manifest" in p.name)
 
 
-@pytest.mark.parametrize("points", [["copy"], ["swap"], ["delete"], ["delete", "delete"]])
+@pytest.mark.parametrize("points", [["copy"], ["swap"], ["delete"], ["delete", "delete"], ["strip"]])
 def test_killed_with_sigkill_the_rerun_cleans_up_and_reports_the_whole_effect(tmp_path, cli, monkeypatch, points):
-    """After kill -9 mid-copy, mid-swap or mid-delete (twice in a row too), the next run removes the temp
-    folders left behind and its metrics count from the pool as the first, interrupted run found it."""
+    """After kill -9 mid-copy, mid-swap, mid-delete (twice in a row too) or mid-strip, the next run removes
+    the temp folders left behind and its metrics count from the pool as the interrupted run found it."""
     root = project(tmp_path, keep_best_k=2, keep_last_n=0)
     stage.run(params_of(root, "retention.dry_run=true"), root)  # a previous out, for the swap to move aside
     found = stage.run(params_of(root), root, write=False)  # the plan: reads only, as the first run will find it
@@ -450,6 +454,38 @@ def test_the_journal_of_an_interrupted_run_is_dropped_once_the_pool_has_grown(tm
     assert metrics["bytes"]["before"] == found["bytes"]["before"]["total"]
     assert metrics["checkpoints"]["before"] == count < 7 + 1 and metrics["checkpoints"]["deleted"] == count - 2
     assert leftovers(root) == []
+
+
+def test_the_journal_of_an_interrupted_run_is_dropped_once_train_saved_again(tmp_path, cli, monkeypatch):
+    """A re-train after the kill saves step-N folders again under the names the journal lists (same model,
+    same scores, so same sizes): they are not the checkpoints the interrupted run found."""
+    root = project(tmp_path, keep_best_k=2, keep_last_n=0)
+    kill_retention(root, "delete")  # a trial's checkpoint deleted; train's not yet
+    clear_run(root / "checkpoints/train")  # what `dsm5lab train` does before it saves again
+    fill_pool(root, {"train": POOL["train"]})
+    found = stage.run(params_of(root), root, write=False)
+    count = len(on_disk(root))
+    monkeypatch.chdir(root)
+    result = cli("retention")
+    assert result.exit_code == 0 and "does not match the pool now" in result.output, result.output
+    assert "finishing an interrupted run" not in result.output
+    metrics = json.loads((root / layout.RETENTION_METRICS).read_text())
+    assert metrics["bytes"]["before"] == found["bytes"]["before"]["total"]
+    assert count == 6 and metrics["checkpoints"] == {"before": 6, "kept": 2, "best_k": 2, "deleted": 4}
+    assert "interrupted_run" not in json.loads((root / layout.RETENTION_MANIFEST).read_text())
+
+
+def test_killed_after_the_metrics_the_next_run_reports_no_deletions_again(tmp_path, cli, monkeypatch):
+    """The journal goes before the metrics are written: a kill once they are leaves none to count from."""
+    root = project(tmp_path, keep_best_k=2, keep_last_n=0)
+    kill_retention(root, "metrics")
+    assert json.loads((root / layout.RETENTION_METRICS).read_text())["checkpoints"]["deleted"] == 5
+    assert not (root / stage.JOURNAL).exists()
+    monkeypatch.chdir(root)
+    result = cli("retention")
+    assert result.exit_code == 0 and "interrupted" not in result.output, result.output
+    assert json.loads((root / layout.RETENTION_METRICS).read_text())["checkpoints"] == {
+        "before": 2, "kept": 2, "best_k": 2, "deleted": 0}
 
 
 def test_only_the_stages_own_leftovers_are_removed(tmp_path, cli, monkeypatch):

@@ -14,10 +14,11 @@ Order of work, so that a kill at any point loses nothing:
 2. only then are the other checkpoints deleted, run by run, registry first (`Registry.remove`), and
    the pool's copies of the kept ones stripped of their training state, except those kept as a
    run's last N (resume points);
-3. the manifest and metrics are written last, atomically.
+3. the manifest and metrics are written last, atomically, the journal (below) dropped between the two.
 A re-run after a kill redoes the plan on what is left, first removing the temp folders a kill -9 left
 (`clear_leftovers`), and reports the whole effect: the pool as the interrupted run found it is kept in a
-journal until a run completes (`carry_over`). A second run deletes nothing.
+journal until a run completes (`carry_over`), each checkpoint with what tells it from a rewrite under the
+same name (`identity`). A second run deletes nothing.
 
 Bytes are counted on disk in every place a checkpoint lives: the pool's in-scope runs, the tracked
 set and the DVC cache objects of the tracked set (`accounting`), each file once however many hard
@@ -192,27 +193,42 @@ def clear_leftovers(root: Path) -> list[Path]:
     return found
 
 
-def carry_over(root: Path, key: dict, ids: list[str], before: dict[str, int], count: int) -> dict | None:
+def identity(folder: Path, record: dict) -> list:
+    """What tells checkpoint `folder` from another saved later under the same name: its weights' bytes and
+    meta.json's digest (meta.json holds the save's wall time). The strip a retention run does keeps both."""
+    try:
+        meta = _md5(folder / "meta.json")
+    except OSError:
+        meta = None
+    return [int(record.get("weights_bytes") or 0), meta]
+
+
+def carry_over(root: Path, key: dict, checkpoints: dict[str, list], before: dict[str, int],
+               count: int) -> dict | None:
     """The journal of an interrupted run of this plan, if one applies; else write this run's and return None.
 
     A run killed after it deleted some checkpoints would leave the next one measuring only the rest, so
     the pool as the first run found it is written down before anything is copied or deleted. A later run
-    takes it over while the pool has only shrunk since: same pool, scope, study, metric and runs, and no
-    checkpoint the journal does not list (a re-trained run or a new trial makes it a different pool).
+    takes it over while the pool has only shrunk since: same pool, scope, study, metric and runs, and each
+    checkpoint there now listed in the journal with the same `identity`. A new trial, or a re-train that
+    saved its step-N folders again under names the journal lists, makes it a different pool.
     """
     path = root / JOURNAL
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
-        if old["key"] == key and set(ids) <= set(old["checkpoints"]) and isinstance(old["count"], int) \
+        seen = old["checkpoints"]
+        same = isinstance(seen, dict) and all(seen.get(i) == v for i, v in checkpoints.items())
+        if old["key"] == key and same and isinstance(old["count"], int) \
                 and isinstance(old["before"]["total"], int):
             return old
-        say(f"retention: {JOURNAL} of an interrupted run does not match the pool now (new checkpoints, runs, "
-            "scope or study); counting from the pool as it is")
+        say(f"retention: {JOURNAL} of an interrupted run does not match the pool now (new or rewritten "
+            "checkpoints, runs, scope or study); counting from the pool as it is")
     except FileNotFoundError:
         pass
     except (OSError, ValueError, KeyError, TypeError) as exc:
         say(f"retention: ignored the unreadable {JOURNAL} ({exc}); counting from the pool as it is")
-    atomic.write_json(path, {"key": key, "checkpoints": sorted(ids), "before": before, "count": count})
+    atomic.write_json(path, {"key": key, "checkpoints": dict(sorted(checkpoints.items())), "before": before,
+                             "count": count})
     return None
 
 
@@ -415,8 +431,9 @@ def run(params: Params, root: Path = Path("."), dry_run: bool | None = None, wri
     if not dry:  # what an interrupted run of this plan deleted is part of this run's effect
         key = {"pool": params.train.checkpoint.dir, "scope": rp.scope, "study": study, "metric": metric,
                "runs": scoped}
-        resumed = carry_over(root, key, [f"{r['run']}/{r['path']}" for r in records + other_metric],
-                             before_bytes, count)
+        ids = {f"{r['run']}/{r['path']}": identity(pool / r["run"] / r["path"], r)
+               for r in records + other_metric}
+        resumed = carry_over(root, key, ids, before_bytes, count)
         if resumed is not None:
             before_bytes, before_count = resumed["before"], resumed["count"]
             say("retention: finishing an interrupted run: counting from the pool as it found it "
@@ -481,7 +498,10 @@ def run(params: Params, root: Path = Path("."), dry_run: bool | None = None, wri
         "dry_run": dry,
     }
     atomic.write_json(root / layout.RETENTION_MANIFEST, manifest)
-    atomic.write_json(root / layout.RETENTION_METRICS, metrics)
     if not dry:  # complete: the next run starts from the pool as it finds it
+        # dropped before the metrics, not after: a kill in between loses only this run's whole-effect count
+        # (the next run counts from what is left), where the other order has the next run report these
+        # deletions a second time
         (root / JOURNAL).unlink(missing_ok=True)
+    atomic.write_json(root / layout.RETENTION_METRICS, metrics)
     return manifest
