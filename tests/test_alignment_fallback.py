@@ -1,5 +1,6 @@
 """The last alignment resort: a paraphrased sentence_text is aligned to the sentence its sentence_id numbers,
-when that sentence reads like it (alignment.INDEX_FLOOR); anything else stays unaligned and counted."""
+when that sentence reads like it (alignment.INDEX_FLOOR) and more than any other sentence of the post does
+(alignment.INDEX_MARGIN); anything else stays unaligned and counted."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from rapidfuzz import fuzz, utils
 
 from dsm5lab.data.alignment import INDEX_FLOOR, METHODS, Aligner, sentence_index
 from dsm5lab.data.prepare import align_and_segment
@@ -97,6 +99,30 @@ def test_an_indexed_sentence_unlike_the_annotation_stays_unaligned(paraphrased):
     for _, sid, _, symptom in (UNRELATED, MISPLACED, *MALFORMED):
         row = found[(sid, symptom)]
         assert row.align_method == "unaligned" and row.start == -1 and row.align_score == 0, sid
+
+
+# A first-person post whose sentences read alike: the paraphrase of sentence 1 scores above INDEX_FLOOR against
+# sentence 0 too, so an id off by one (another splitter's numbering) must not put its label on sentence 0.
+ALIKE = ("q9", "I have been feeling really tired and I sleep all day. I have been feeling really down and empty "
+               "lately. My sister thinks I should see someone.")
+ALIKE_TEXT = "Recently I have felt really down and empty."
+
+
+def test_an_indexed_sentence_another_sentence_of_the_post_beats_stays_unaligned(tmp_path):
+    from conftest import write_bundle
+
+    pid, post = ALIKE
+    scores = [fuzz.token_sort_ratio(utils.default_process(ALIKE_TEXT), utils.default_process(post[a:b]))
+              for a, b in segment(post)]
+    assert INDEX_FLOOR <= scores[0] < scores[1]  # the premise: the wrong sentence alone would pass the floor
+    bundle = read_csv_dir(write_bundle(tmp_path / "redsm5", [ALIKE], rows([
+        (pid, "q9_0", ALIKE_TEXT, "DEPRESSED_MOOD"), (pid, "q9_1", ALIKE_TEXT, "ANHEDONIA")])))
+    ann, sentences, _, _ = align_and_segment(bundle, fuzzy_threshold=90)
+    found = by_id(ann)
+    wrong, right = found[("q9_0", "DEPRESSED_MOOD")], found[("q9_1", "ANHEDONIA")]
+    assert wrong.align_method == "unaligned" and wrong.start == -1, wrong
+    assert (sentences["DEPRESSED_MOOD"] == 0).all()  # no sentence carries the misplaced label
+    assert right.align_method == "sentence_index" and (right.start, right.end) == segment(post)[1]
 
 
 @pytest.mark.parametrize(

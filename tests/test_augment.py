@@ -1,5 +1,6 @@
 """train.augment: each method changes training text deterministically under a seed, never an annotated sentence,
-never a held-out post (val, an HPO fold's held-out part, anything evaluate reads); bad params are one line."""
+never a post whose label rests on an unaligned annotation, never a held-out post (val, an HPO fold's held-out part,
+anything evaluate reads); bad params are one line."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from dsm5lab.config import validate
 from dsm5lab.data.labels import ANNOTATION_LABELS, SYMPTOMS
 from dsm5lab.data.schema import read_table
 from dsm5lab.errors import UserError
-from dsm5lab.training.augment import Augmenter, build_augmenter
+from dsm5lab.training.augment import Augmenter, build_augmenter, unaligned_evidence_posts
 from dsm5lab.training.encoding import Windower, WindowSpec
 
 WORDNET = Path("/usr/share/wordnet")
@@ -164,6 +165,50 @@ def gaps(text: str, sents: pd.DataFrame) -> list[str]:
     return [text[: starts[0]], *(text[e:s] for e, s in zip(ends[:-1], starts[1:])), text[ends[-1]:]]
 
 
+# ---------------------------------------------------------------- a post label no sentence carries
+
+
+def unaligned_in(annotations: pd.DataFrame, post_id: str) -> pd.DataFrame:
+    """`annotations` with the post's first status-1 row as prepare writes a row it found in no sentence."""
+    out = annotations.copy()
+    i = out.index[(out["post_id"] == post_id) & (out["status"] == 1)][0]
+    out.loc[i, "align_method"] = "unaligned"
+    for col in ("align_score", "start", "end", "first_sentence", "last_sentence"):
+        out.loc[i, col] = 0 if col == "align_score" else -1
+    return out
+
+
+def most_unannotated(posts: pd.DataFrame, sents: pd.DataFrame, annotations: pd.DataFrame) -> str:
+    """The training post with a status-1 annotation, all aligned, and the most sentences augmentation may change."""
+    labelled = set(annotations.loc[annotations["status"] == 1, "post_id"]) & set(posts["post_id"])
+    free = sents[(sents[list(ANNOTATION_LABELS)] == 0).all(axis=1)]
+    counts = free[free["post_id"].isin(labelled - unaligned_evidence_posts(annotations))].groupby("post_id").size()
+    return str(counts.idxmax())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_post_with_an_unaligned_label_is_not_augmented_at_all(method, tables, tiny_prepared, request):
+    """Its label's words sit in some sentence marked unannotated: no sentence of it may change, at any prob."""
+    posts, sents = tables
+    annotations = read_table(tiny_prepared / "stages/prepare", "annotations")
+    pid = most_unannotated(posts, sents, annotations)
+    over = [f"train.augment.methods={method}", "train.augment.prob=0.9"]
+    if method == "synonym":
+        needs_wordnet()
+    if method == "contextual":
+        over.append(f"train.augment.mlm_model={request.getfixturevalue('mlm_dir')}")
+    params = params_with(*over)
+    aligned = build_augmenter(params, "cpu", annotations)(posts, sents, 7, 0)
+    held = build_augmenter(params, "cpu", unaligned_in(annotations, pid))(posts, sents, 7, 0)
+    old = sents.sort_values(["post_id", "start"], kind="stable").reset_index(drop=True)
+    before, free, kept = (dict(zip(p["post_id"], p["text"])) for p in (posts, aligned[0], held[0]))
+    assert free[pid] != before[pid]  # with its label aligned, the same post does change
+    assert kept[pid] == before[pid]
+    cols = ["text", "start", "end"]
+    assert held[1].loc[held[1]["post_id"] == pid, cols].equals(old.loc[old["post_id"] == pid, cols])
+    assert {p: t for p, t in kept.items() if p != pid} == {p: t for p, t in free.items() if p != pid}  # the rest as drawn
+
+
 # ---------------------------------------------------------------- train posts only
 
 
@@ -209,12 +254,17 @@ def test_training_augments_train_posts_each_epoch_and_val_and_evaluate_read_the_
     root = copy_project(tiny_prepared, tmp_path, monkeypatch)
     posts, original = prepared_posts(root)
     train, val = (set(posts.loc[posts["split"] == s, "post_id"]) for s in ("train", "val"))
+    prepared = root / "stages/prepare"
+    annotations = read_table(prepared, "annotations")
+    whole = most_unannotated(posts[posts["split"] == "train"], read_table(prepared, "sentences"), annotations)
+    unaligned_in(annotations, whole).to_parquet(prepared / "annotations.parquet", index=False)  # as a paraphrase
     spy = Spy(monkeypatch, original, held_out=val)
     assert cli("train", *sets(TINY + AUG)).exit_code == 0
     assert [set(ids) for ids in spy.augmented] == [train, train]  # once per epoch (TINY: 2), train posts only
     train_texts = [t for t in spy.encoded if len(t) == len(train)]
     assert train_texts[0] == [original[p] for p in spy.augmented[0]]  # build_run: class weights, batch layout
     assert len(train_texts) == 3 and len({tuple(t) for t in train_texts}) == 3  # then redrawn each epoch
+    assert {t[spy.augmented[0].index(whole)] for t in train_texts} == {original[whole]}  # its label is unaligned
     assert spy.held_out_encoded == len(val)  # once, as prepared
     spy.held_out, spy.held_out_encoded, spy.augmented = set(original), 0, []
     assert cli("evaluate", *sets(TINY + ["evaluate.bootstrap_resamples=20"])).exit_code == 0

@@ -7,6 +7,8 @@ Two rules keep it honest:
 - Only sentences without annotation change: a sentence with any label != 0 (evidence, or a clinician's
   hard negative) stays byte-identical. After substitution each post's text and every sentence's char
   offsets are rebuilt, so `text[start:end]` is each sentence again and evidence spans stay exact.
+  A post with an unaligned status-1 annotation is not augmented at all: that annotation still sets the
+  post's label, but its words sit in some "unannotated" sentence that augmentation would otherwise rewrite.
 
 `prob` is EDA's alpha, per word of an augmented sentence: synonym and contextual replace each eligible
 word (letters only, not a stopword) with that probability, random_delete drops each word with it (one
@@ -56,6 +58,11 @@ _DETACH = {
 def is_on(cfg) -> bool:
     """Whether train.augment changes anything: some method and a probability above zero."""
     return bool(cfg.methods) and cfg.prob > 0
+
+
+def unaligned_evidence_posts(annotations: pd.DataFrame) -> frozenset[str]:
+    """Posts with a status-1 annotation found in no sentence (prepared annotations, start -1): left whole."""
+    return frozenset(annotations.loc[(annotations["status"] == 1) & (annotations["start"] < 0), "post_id"])
 
 
 def protected(sentences: pd.DataFrame) -> np.ndarray:
@@ -291,10 +298,12 @@ def post_rng(seed: int, epoch: int, post_id: str) -> np.random.Generator:
 
 
 class Augmenter:
-    """train.augment, ready to run: `augmenter(posts, sentences, seed, epoch)` -> augmented copies."""
+    """train.augment, ready to run: `augmenter(posts, sentences, seed, epoch)` -> augmented copies; the posts of
+    `untouched` (unaligned_evidence_posts) come back as they went in."""
 
-    def __init__(self, cfg, backbone: str, device):
+    def __init__(self, cfg, backbone: str, device, untouched: frozenset[str] = frozenset()):
         self.methods, self.prob = list(cfg.methods), float(cfg.prob)
+        self.untouched = frozenset(untouched)
         self.wordnet = load_wordnet(cfg.wordnet_dir) if "synonym" in self.methods else None
         self.mlm = None
         if "contextual" in self.methods:
@@ -312,7 +321,7 @@ class Augmenter:
         bounds, starts, ends = _post_bounds(sents), sents["start"].to_numpy(), sents["end"].to_numpy()
         for pid in posts["post_id"]:
             a, b = bounds.get(pid, (0, 0))
-            if a == b or not _disjoint(starts[a:b], ends[a:b]):
+            if a == b or pid in self.untouched or not _disjoint(starts[a:b], ends[a:b]):
                 continue
             rng = post_rng(seed, epoch, pid)
             for i in range(a, b):
@@ -394,7 +403,11 @@ def rebuild(posts: pd.DataFrame, sents: pd.DataFrame, new: list[str]) -> tuple[p
     return posts, sents
 
 
-def build_augmenter(params, device) -> Augmenter | None:
-    """The run's augmenter, or None when train.augment is off (then training is exactly as without it)."""
+def build_augmenter(params, device, annotations: pd.DataFrame | None = None) -> Augmenter | None:
+    """The run's augmenter, or None when train.augment is off (then training is exactly as without it).
+    `annotations` (the prepared table): its posts with an unaligned status-1 annotation are never augmented."""
     cfg = params.train.augment
-    return Augmenter(cfg, params.model.backbone, device) if is_on(cfg) else None
+    if not is_on(cfg):
+        return None
+    untouched = frozenset() if annotations is None else unaligned_evidence_posts(annotations)
+    return Augmenter(cfg, params.model.backbone, device, untouched)

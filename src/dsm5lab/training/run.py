@@ -275,7 +275,9 @@ def build_run(params: Params, paths: RunPaths, *, resume: bool = False, train_id
     if metric not in VAL_METRICS[t.task]:
         raise UserError(f"train.early_stopping.metric: {metric!r} is not computed for task {t.task!r} "
                         f"(allowed: {', '.join(VAL_METRICS[t.task])})")
-    augmenter = build_augmenter(params, device)  # before the long steps: a missing thesaurus or MLM fails now
+    # before the long steps: a missing thesaurus or MLM fails now; the annotations name the posts left unaugmented
+    annotations = read_table(paths.prepared, "annotations") if is_on(t.augment) else None
+    augmenter = build_augmenter(params, device, annotations)
     train_posts, val_posts, sentences = load_splits(paths.prepared, train_ids, val_ids)
     criteria = load_criteria(paths.prepared / "criteria.json")
     descriptions = [c.description for c in criteria]
