@@ -29,7 +29,7 @@ from dsm5lab.errors import UserError
 from dsm5lab.models.backbone import build_backbone
 from dsm5lab.models.multitask import ModelSpec, MultiTaskModel
 from dsm5lab.pool.policy import mode_for
-from dsm5lab.training.augment import build_augmenter
+from dsm5lab.training.augment import build_augmenter, is_on
 from dsm5lab.training.checkpoint import (CheckpointManager, clear_run, estimate_checkpoint_bytes, load_checkpoint,
                                          peek_state)
 from dsm5lab.training.encoding import Group, Windower, WindowSpec, bucket_batches, collate
