@@ -405,7 +405,7 @@ def hpo_worker(storage: StorageOpt, study_name: StudyOpt) -> None:
     from dsm5lab.hpo import study
 
     n = study.worker(storage, study_name, Path("."), echo=_err)
-    typer.echo(f"hpo worker: finished {n} trial(s) of {study_name}")
+    typer.echo(f"hpo worker: finished {n} trial(s) of {study_name} in this process")
 
 
 @hpo_app.command("promote")
@@ -555,10 +555,15 @@ def retention(
     """Keep the best-K checkpoints of train and HPO trials (copied into stages/retention), delete the rest."""
     if ctx.invoked_subcommand is not None:
         return
+    from contextlib import nullcontext
+
     from dsm5lab import retention as stage
+    from dsm5lab.lock import project_lock
 
     cfg = _load(params, set_)
-    m = stage.run(cfg, Path("."), dry_run=True if dry_run else None, write=not dry_run)
+    # one retention at a time: two would delete and copy the same checkpoints; --dry-run writes nothing
+    with nullcontext() if dry_run else project_lock(Path("."), "retention", "dsm5lab retention"):
+        m = stage.run(cfg, Path("."), dry_run=True if dry_run else None, write=not dry_run)
     b, dry = m["bytes"], m["policy"]["dry_run"]
     gone = m["would_delete" if dry else "deleted"]
     for s in m["skipped"]:

@@ -9,10 +9,11 @@ with; a worker on another machine runs trials from those, not from its own param
 from __future__ import annotations
 
 import os
-import warnings
+import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +27,12 @@ from dsm5lab.hpo.space import InvalidTrialParams, data_hash, study_identity
 from dsm5lab.hpo.trial import StudyContext, run_trial
 
 PARAMS_ATTR, FP_ATTR, DATA_ATTR, PARENT_ATTR = "dsm5lab:params", "dsm5lab:fingerprint", "dsm5lab:data", "dsm5lab:mlflow_run"
+# set for the workers `hpo run` starts: "<pid>:<start time>" of that process, whose death ends them
+PARENT_ENV = "DSM5LAB_HPO_PARENT"
+STOP_GRACE_S = 10.0  # a worker's SIGTERM fails its trial and ends its MLflow run; past this it is killed
+# a worker whose `hpo run` died unwinds for at most this long: a journal lock the dead process held would
+# keep it waiting 30 s (Optuna's grace period), and its trial is failed by the next run's pid sweep anyway
+ORPHAN_GRACE_S = 5
 
 Echo = Callable[[str], None]
 
@@ -173,8 +180,9 @@ def trial_line(trial, pruned_state) -> str:
             + (f" | {seconds:.1f} s" if seconds is not None else ""))
 
 
-def optimize(study, ctx: StudyContext, echo: Echo = _quiet) -> None:
-    """Run trials in this process until the study has hpo.n_trials finished ones (or the timeout)."""
+def optimize(study, ctx: StudyContext, echo: Echo = _quiet, orphaned: Callable[[], bool] = lambda: False) -> int:
+    """Run trials in this process until the study has hpo.n_trials finished ones (or the timeout, or `orphaned()`
+    turns true at a trial boundary); returns how many trials this process finished."""
     import optuna
 
     from dsm5lab.training.loop import DivergedError
@@ -183,16 +191,20 @@ def optimize(study, ctx: StudyContext, echo: Echo = _quiet) -> None:
     bound_pool(study, ctx, echo)  # trials an interrupted run or another worker finished
     if st.finished_count(study) >= hpo.n_trials:
         echo(f"hpo: study {ctx.study_name} already has {hpo.n_trials} finished trials")
-        return
+        return 0
+    ran = 0
 
     def after_trial(study, trial) -> None:
+        nonlocal ran
+        ran += 1
         echo(trial_line(trial, optuna.trial.TrialState.PRUNED))
         bound_pool(study, ctx, echo)
-        if st.finished_count(study) >= hpo.n_trials:
+        if st.finished_count(study) >= hpo.n_trials or orphaned():
             study.stop()
 
     study.optimize(lambda trial: run_trial(trial, ctx), n_trials=None, timeout=hpo.timeout_s,
                    callbacks=[after_trial], catch=(DivergedError, InvalidTrialParams), gc_after_trial=True)
+    return ran
 
 
 def _study(storage, name: str, params: Params, seed: int, create: bool):
@@ -218,8 +230,10 @@ def _no_study(storage, name: str) -> UserError:
 
 def run(params: Params, root: Path = Path("."), echo: Echo = _quiet) -> dict:
     """The `hpo` stage: resume or create the study, run it with hpo.workers processes, write the outputs."""
+    from contextlib import nullcontext
+
     from dsm5lab.hpo import report
-    from dsm5lab.tracking import Tracker, TrackingSettings
+    from dsm5lab.lock import project_lock
 
     root = Path(root)
     if not params.hpo.enabled:
@@ -228,6 +242,18 @@ def run(params: Params, root: Path = Path("."), echo: Echo = _quiet) -> dict:
     _check_backbones(params)
     url = storage_url(params, root)
     name, fp, data = study_identity(params, root / layout.PREPARED)
+    # one `hpo run` per file-backed study: a second would fail the first's live trial as stale (SQLite) and write
+    # the same outputs; a PostgreSQL study is meant for many processes (`hpo worker` joins a file-backed one)
+    one = st.is_sqlite(url) or url.startswith(st.JOURNAL)
+    with project_lock(root, f"hpo-{name}", f"dsm5lab hpo run (study {name})") if one else nullcontext():
+        return _run_study(params, root, url, (name, fp, data), echo)
+
+
+def _run_study(params: Params, root: Path, url: str, identity: tuple[str, str, str], echo: Echo) -> dict:
+    from dsm5lab.hpo import report
+    from dsm5lab.tracking import Tracker, TrackingSettings
+
+    name, fp, data = identity
     storage = st.open_storage(url, params.hpo.stale)
     study = _study(storage, name, params, params.seed, create=True)
     # workers run from the study's stored params: refresh them so n_trials, timeouts and the pruner
@@ -252,11 +278,18 @@ def run(params: Params, root: Path = Path("."), echo: Echo = _quiet) -> dict:
         ctx = StudyContext(params, root, name, tracker.mlflow_run_id)
         # hpo.workers processes share the cores: train.threads: auto gives each its share (dsm5lab.concurrency)
         with sharing(params.hpo.workers):
-            procs = [_spawn_worker(url, name, root) for _ in range(params.hpo.workers - 1)]
+            procs: list[subprocess.Popen] = []
             try:
-                optimize(study, ctx, echo)
-            finally:
-                codes = _join(procs, kill=sys.exc_info()[0] is not None)
+                for _ in range(params.hpo.workers - 1):
+                    procs.append(_spawn_worker(url, name, root))
+                here = optimize(study, ctx, echo)
+                codes = [p.wait() for p in procs]
+            except BaseException:  # Ctrl-C, SIGTERM (cli.main) or a crash: no worker outlives this run
+                _stop(procs)
+                raise
+        theirs = _ran_by(study, {p.pid for p in procs})
+        echo(f"hpo: this run finished {here + theirs} trial(s): {here} in this process"
+             + (f", {theirs} in its {len(procs)} worker process(es)" if procs else ""))
         if any(codes):
             raise UserError(f"hpo: {sum(1 for c in codes if c)} of {len(codes)} extra worker(s) failed "
                             f"(exit codes {codes}); see their output above")
@@ -268,8 +301,13 @@ def run(params: Params, root: Path = Path("."), echo: Echo = _quiet) -> dict:
 
 
 def worker(url: str, name: str, root: Path = Path("."), echo: Echo = _quiet) -> int:
-    """Join an existing study (another process or machine) and run trials until it has n_trials."""
+    """Join an existing study (another process or machine) and run trials until it has n_trials; returns how many
+    trials this process finished."""
     root = Path(root)
+    orphaned = _watch_parent()
+    if orphaned():
+        echo("hpo worker: the `hpo run` that started this worker is gone; stopping before any trial")
+        return 0
     if st.is_sqlite(url):
         raise UserError(f"--storage: {sqlite_workers_message('several')}")
     probe, params = load_from_storage(url, name)
@@ -289,9 +327,48 @@ def worker(url: str, name: str, root: Path = Path("."), echo: Echo = _quiet) -> 
     swept = st.sweep_stale(study, params.hpo.stale.max_retry, single_worker=False)
     if swept:
         echo(f"hpo: failed stale trial(s) {swept} left RUNNING by a dead worker")
-    before = st.finished_count(study)
-    optimize(study, StudyContext(params, root, name, attrs.get(PARENT_ATTR)), echo)
-    return st.finished_count(study) - before
+    try:
+        ran = optimize(study, StudyContext(params, root, name, attrs.get(PARENT_ATTR)), echo, orphaned)
+    except KeyboardInterrupt:  # SIGHUP from the kernel as `hpo run` died (_watch_parent), or its SIGTERM (_stop)
+        if orphaned():
+            echo("hpo worker: the `hpo run` that started this worker is gone; stopping mid-trial")
+        raise
+    if orphaned():
+        echo(f"hpo worker: the `hpo run` that started this worker is gone; stopped after {ran} trial(s)")
+    return ran
+
+
+def _watch_parent() -> Callable[[], bool]:
+    """A worker `hpo run` started (PARENT_ENV) dies with it: on Linux the kernel sends it SIGHUP when that
+    process dies (PR_SET_PDEATHSIG, so even a SIGKILLed `hpo run` leaves no worker), which unwinds like Ctrl-C
+    within ORPHAN_GRACE_S; everywhere the returned check, true once it is gone, stops it at its next trial
+    boundary. A worker started by hand watches nothing."""
+    from dsm5lab.lock import process_alive
+
+    try:
+        pid, started = os.environ[PARENT_ENV].split(":")
+        parent = (int(pid), float(started))
+    except (KeyError, ValueError):
+        return lambda: False
+    died = []
+
+    def on_parent_death(signum, frame) -> None:
+        # the kernel signals once per thread of the dying parent as it hands the child on: act on the first
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(ORPHAN_GRACE_S)
+        died.append(True)
+        raise KeyboardInterrupt("the hpo run that started this worker died")
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        signal.signal(signal.SIGHUP, on_parent_death)
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGHUP))  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    return lambda: bool(died) or not process_alive(*parent)
 
 
 def worker_env(environ: dict[str, str]) -> dict[str, str]:
@@ -302,15 +379,46 @@ def worker_env(environ: dict[str, str]) -> dict[str, str]:
 
 
 def _spawn_worker(url: str, name: str, root: Path) -> subprocess.Popen:
+    from dsm5lab.lock import this_process
+
+    me = this_process()
     cmd = [sys.executable, "-m", "dsm5lab.cli", "hpo", "worker", "--storage", url, "--study", name]
-    return subprocess.Popen(cmd, cwd=root, env=worker_env(dict(os.environ)))
+    env = {**worker_env(dict(os.environ)), PARENT_ENV: f"{me['pid']}:{me['create_time']!r}"}
+    # a session (so a process group) of its own: a terminal's Ctrl-C reaches `hpo run` alone, which then stops
+    # each worker with its DataLoader processes (_stop), instead of every process unwinding at once
+    return subprocess.Popen(cmd, cwd=root, env=env, start_new_session=True)
 
 
-def _join(procs: list[subprocess.Popen], kill: bool) -> list[int]:
+def _stop(procs: list[subprocess.Popen], grace: float = STOP_GRACE_S) -> None:
+    """SIGTERM each worker's process group, SIGKILL the groups still there after `grace` seconds; reap all."""
     for p in procs:
-        if kill:
-            p.terminate()
-    return [p.wait() for p in procs]
+        _signal_group(p, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_group(p, signal.SIGKILL)
+            p.wait()
+
+
+def _signal_group(p: subprocess.Popen, sig: int) -> None:
+    if p.poll() is None:  # once reaped, its pid (the group's id) may name another process
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:  # no group of its own: the process alone
+            p.send_signal(sig)
+
+
+def _ran_by(study, pids: set[int]) -> int:
+    """Finished trials that these local worker processes (started by this process) ran."""
+    from dsm5lab.lock import this_process
+
+    me = this_process()
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if t.state.is_finished() and isinstance(tag := t.user_attrs.get(st.WORKER_ATTR), dict)
+               and tag.get("host") == me["host"] and tag.get("pid") in pids
+               and tag.get("started", 0) >= me["create_time"] - 1)  # not an earlier run's process with that pid
 
 
 def load_from_storage(url: str, name: str):
