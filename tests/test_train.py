@@ -163,6 +163,64 @@ def test_resume_gives_the_same_weights_and_metrics(project, every):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_stop_request_waits_for_the_step_and_leaves_a_resume_point(project, monkeypatch):
+    """SIGTERM inside the train stage (stopping.deferred): the loop stops where the next step would begin, writes
+    a checkpoint there (no validation score) when the run is old enough, and --resume continues from it to the
+    same weights as a run never stopped."""
+    from dsm5lab import stopping
+    from dsm5lab.training import stage
+    from dsm5lab.tracking import Tracker
+
+    params = load_params("params.yaml", TINY + ["train.epochs=3", "train.early_stopping.patience=9",
+                                                "train.log_every_steps=1"])
+    full, _ = stage.run(params, Path("."), run_name="full")
+    monkeypatch.setattr(stopping, "RESUME_AFTER_S", 0.0)
+    real_log = Tracker.log_metrics
+
+    def sigterm_at_step_8(self, metrics, step):
+        real_log(self, metrics, step)
+        if step == 8:  # what cli's SIGTERM handler does inside the deferred section
+            assert stopping.request("SIGTERM")
+
+    monkeypatch.setattr(Tracker, "log_metrics", sigterm_at_step_8)
+    with stopping.deferred(), pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        stage.run(params, Path("."), run_name="stopped")
+    assert stopping.requested() is None  # leaving the section forgets the request
+    events = [json.loads(x) for x in Path("checkpoints/stopped/events.jsonl").read_text().splitlines()]
+    point = next(e for e in events if e["kind"] == "resume_point")
+    assert point["step"] == 8 and point["reason"] == "SIGTERM"
+    meta = json.loads(Path("checkpoints/stopped/step-00000008/meta.json").read_text())
+    assert meta["score"] is None and meta["step"] == 8
+    monkeypatch.setattr(Tracker, "log_metrics", real_log)
+    resumed, _ = stage.run(params, Path("."), resume=True, run_name="stopped")
+    resume = [json.loads(x) for x in Path("checkpoints/stopped/events.jsonl").read_text().splitlines()
+              if json.loads(x)["kind"] == "resume"]
+    assert resume[-1]["step"] == 8
+    assert resumed.history == full.history
+    a, b = _weights(full.best_checkpoint), _weights(resumed.best_checkpoint)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_young_run_stops_without_a_resume_point(project, monkeypatch):
+    from dsm5lab import stopping
+    from dsm5lab.training import stage
+    from dsm5lab.tracking import Tracker
+
+    params = load_params("params.yaml", TINY + ["train.epochs=2", "train.log_every_steps=1"])
+    monkeypatch.setattr(stopping, "RESUME_AFTER_S", 3600.0)
+    real_log = Tracker.log_metrics
+
+    def sigterm_at_step_2(self, metrics, step):
+        real_log(self, metrics, step)
+        if step == 2:
+            stopping.request("SIGTERM")
+
+    monkeypatch.setattr(Tracker, "log_metrics", sigterm_at_step_2)
+    with stopping.deferred(), pytest.raises(KeyboardInterrupt):
+        stage.run(params, Path("."), run_name="young")
+    assert not list(Path("checkpoints/young").glob("step-*"))  # stopped before its first validation: nothing
+
+
 def test_mlflow_unreachable_training_finishes_and_buffer_replays(project, cli, monkeypatch, caplog):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")

@@ -697,13 +697,18 @@ _terminated = False
 def _on_sigterm(signum, frame) -> None:
     """SIGTERM (`kill`, Slurm, `docker stop`) unwinds like Ctrl-C: a run's tracker ends its MLflow run KILLED
     with a run_end event, dvclive is closed, local HPO workers are stopped, and nothing half-written is
-    published (outputs are swapped in only at the end)."""
+    published (outputs are swapped in only at the end). The train stage first lets its current step finish
+    and, after a minute of training, leaves a resume point there (stopping.py)."""
     import signal
+
+    from dsm5lab import stopping
 
     global _terminated
     _terminated = True
     # a second SIGTERM (cleanup hanging on a stuck server or worker) ends the process the default way
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if stopping.request("SIGTERM"):  # training: stop where the next step begins, with a resume point
+        return
     raise KeyboardInterrupt("SIGTERM")
 
 

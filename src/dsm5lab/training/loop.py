@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from dsm5lab import stopping
 from dsm5lab.data.labels import SYMPTOMS
 from dsm5lab.device import autocast_for
 from dsm5lab.dotted import flatten
@@ -64,6 +65,7 @@ def fit(run: Run, tracker, on_validation: OnValidation | None = None, label: str
     """
     t, s, model, optimizer = run.params.train, run.state, run.model, run.optimizer
     system = _log_start(run, tracker)
+    began = time.monotonic()
     model.train()
     stopped = False
     start_epoch, skip = s.epoch, s.batch_in_epoch
@@ -83,6 +85,9 @@ def fit(run: Run, tracker, on_validation: OnValidation | None = None, label: str
             for (bi, idx, first, last), batch in progress(batches, f"epoch {epoch + 1}/{t.epochs}",
                                                           total=len(pieces)):
                 if first and bi % s.accumulation == 0:
+                    if stopping.requested():  # a SIGTERM waited for this step boundary (stopping.deferred)
+                        _resume_point(run, tracker, epoch, bi, time.monotonic() - began)
+                        stopping.check()
                     step_start = _StepStart.now(run, bi)
                 try:
                     with autocast_for(run.device, t.precision):
@@ -284,6 +289,22 @@ def _log_start(run: Run, tracker) -> dict:
     tracker.log_params({**flatten(p.model_dump(include={"seed", "model", "train"})), "data.source": p.data.source,
                         "train.micro_batch": s.micro_batch, "train.accumulation": s.accumulation})
     return info
+
+
+def _resume_point(run: Run, tracker, epoch: int, batch_in_epoch: int, seconds: float) -> None:
+    """On a deferred stop at a step boundary: a checkpoint `--resume` continues from (no validation score, so it
+    never counts as best; the run's last-N keeps it), if the run has gone on for stopping.RESUME_AFTER_S and
+    trained a step since its last checkpoint."""
+    s = run.state
+    latest = run.manager.latest
+    if seconds < stopping.RESUME_AFTER_S or (latest is not None and latest.name == f"step-{s.step:08d}"):
+        return
+    s.epoch, s.batch_in_epoch = epoch, batch_in_epoch
+    path = run.manager.save(run.model, step=s.step, epoch=epoch, score=None,
+                            metric=run.params.train.early_stopping.metric, optimizer=run.optimizer,
+                            scheduler=run.scheduler, scaler=run.scaler, state=s.to_dict(),
+                            config={"spec": run.model.spec.to_dict(), "backbone": run.params.model.backbone})
+    tracker.event("resume_point", checkpoint=str(path), step=s.step, epoch=epoch + 1, reason=stopping.requested())
 
 
 def validate_and_checkpoint(run: Run, tracker, epoch: int, batch_in_epoch: int, on_validation: OnValidation | None) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from dsm5lab import atomic, layout
+from dsm5lab import atomic, layout, stopping
 from dsm5lab.config import Params
 
 
@@ -43,12 +43,22 @@ def warnings(report: dict) -> list[str]:
 
 
 def run(params: Params, root: Path = Path("."), resume: bool = False, run_name: str = layout.TRAIN_RUN):
-    """Train from params alone; write the model, metrics/train.json and the dvclive curves."""
-    from dsm5lab.tracking import Tracker, TrackingSettings
+    """Train from params alone; write the model, metrics/train.json and the dvclive curves.
+
+    Holds the project's `train` lock: a second train on the same folders (a `dvc repro` after the first one's
+    dvc was killed) stops with one line naming the first. HPO trials train through build_run/fit, not here,
+    and so never take it."""
+    from dsm5lab.lock import project_lock
+
+    with project_lock(Path(root), "train", "dsm5lab train"):
+        return _train(params, Path(root), resume, run_name)
+
+
+def _train(params: Params, root: Path, resume: bool, run_name: str):
+    from dsm5lab.tracking import MODEL_TAG, Tracker, TrackingSettings
     from dsm5lab.training.loop import export_best, fit
     from dsm5lab.training.run import RunPaths, build_run
 
-    root = Path(root)
     paths = RunPaths(prepared=root / layout.PREPARED, checkpoints=root / params.train.checkpoint.dir / run_name)
     model_out = root / layout.TRAINED_MODEL
     live = _working_live_dir(paths.checkpoints, root / layout.TRAIN_LIVE, resume)
@@ -58,12 +68,15 @@ def run(params: Params, root: Path = Path("."), resume: bool = False, run_name: 
     )
     with Tracker(settings) as tracker:
         run = build_run(params, paths, resume=resume)
-        result = fit(run, tracker, label="train")
+        with stopping.deferred():  # a SIGTERM lets the current step finish (stopping.py)
+            result = fit(run, tracker, label="train")
+            stopping.check()  # one that came during the last validation: nothing is published either
         export_best(run, result, model_out)
         report = summary(result, params.train.epochs)
         tracker.log_summary({f"best/{k}": v for k, v in report["val"].items()})
         tracker.event("throughput", **result.throughput)
-        if model_out.exists():
+        if model_out.exists():  # evaluate finds this run by the weights it scores, and logs its results here
+            tracker.set_tags({MODEL_TAG: atomic.sha256_file(model_out / "model.safetensors")})
             tracker.log_artifacts(model_out, "model")
     with atomic.staged_dir(root / layout.TRAIN_LIVE) as tmp:  # only a finished run replaces the curves
         shutil.copytree(live, tmp, dirs_exist_ok=True)
