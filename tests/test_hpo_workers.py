@@ -315,6 +315,14 @@ def test_a_stopped_hpo_run_stops_its_worker_first(tmp_path):
     assert not (root / LOCKS).exists()  # released
     last = max(_trials_by_pid(root)[worker], key=lambda t: t.number)
     assert last.state.name == "FAIL" and last.user_attrs["stop_reason"] is None
+    # no MLflow run is left RUNNING forever: the stopped trials' runs (and the study's) ended KILLED
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert runs and not [r.info.run_name for r in runs if r.info.status == "RUNNING"], \
+        [(r.info.run_name, r.info.status) for r in runs]
+    assert "KILLED" in {r.info.status for r in runs}
 
 
 def test_a_second_hpo_run_on_a_sqlite_study_is_refused(tmp_path):
