@@ -213,7 +213,21 @@ def judge(baseline: float | None, current: float, direction: str, tolerance: flo
 
 
 # what must match the calibration for the bit-identical `tolerance` to apply
-MATCH = ("cpu_isa", "pinned", "device", "torch", "threads")
+MATCH = ("cpu_isa", "pinned", "device", "torch", "threads", "cpu_vendor")
+
+
+def cpu_vendor() -> str | None:
+    """The CPU vendor (GenuineIntel, AuthenticAMD, ...) from /proc/cpuinfo; None off Linux.
+
+    numerics.cpu_isa's pins do not make runs bit-identical across vendors: on an AMD EPYC (AVX-512) the same
+    commit, prepared data and pins trained to val macro-F1 0.729216 where the calibration machine gave
+    0.740864 (the cause is not pinned down; MKL's vendor-specific paths are the first suspect), so the gate
+    compares vendors too."""
+    try:
+        text = open("/proc/cpuinfo", encoding="utf-8").read()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("vendor_id")), None)
 
 
 def system_key(cpu_isa: str, threads: int | str) -> dict:
@@ -230,7 +244,7 @@ def system_key(cpu_isa: str, threads: int | str) -> dict:
     n_threads = resolve_threads(threads)[0] or os.cpu_count()
     return {"cpu_isa": cpu_isa, "pinned": bool(LEVELS[cpu_isa]) and is_x86() and not cuda,
             "device": "cuda" if cuda else "cpu", "torch": str(torch.__version__), "threads": n_threads,
-            "native_capability": native_level(), "machine": platform.machine()}
+            "native_capability": native_level(), "machine": platform.machine(), "cpu_vendor": cpu_vendor()}
 
 
 def current_system(root: Path) -> dict | None:
