@@ -210,7 +210,7 @@ def test_stage_timing_runs_every_stage_in_a_scratch_clone(tmp_path):
 
     before = sorted(p.name for p in (ROOT / "metrics").iterdir())
     report = run_stage_timing(ROOT, tmp_path, SMALL_PIPELINE)
-    assert list(report["stages"]) == ["prepare", "study", "hpo", "train", "evaluate", "retention"]
+    assert list(report["stages"]) == ["prepare", "study", "hpo", "train", "evaluate", "spread", "retention"]
     assert all(v > 0 for v in report["stages"].values())
     assert report["total_seconds"] == pytest.approx(sum(report["stages"].values()))
     assert "| hpo |" in (tmp_path / "stages.md").read_text()
