@@ -89,14 +89,11 @@ def load(root: Path, side: Side, directory: str) -> paired.Predictions:
         if found is None:
             raise UserError(f"no {directory}/{paired.POSTS} in the workspace (evaluate writes it: run `dvc repro`)")
         return found
-    texts = {}
-    for name in (paired.POSTS, paired.SENTENCES):
-        shown = _git(root, "show", f"{side.commit}:./{directory}/{name}")
-        texts[name] = shown.stdout if shown.returncode == 0 else None
-    if texts[paired.POSTS] is None:
+    found = paired.at_revision(root, side.commit, directory, side.ref)
+    if found is None:
         raise UserError(f"{directory}/{paired.POSTS} is not committed at '{side.ref}' (evaluate writes it; "
                         "commit the outputs of `dvc repro`, or run the experiment with `dvc exp run`)")
-    return paired.parse(texts, f"{directory} at {side.ref}")
+    return found
 
 
 def two_sided(result: dict) -> float | None:

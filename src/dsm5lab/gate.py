@@ -272,17 +272,6 @@ def choose_mode(gate: GateFile, system: dict | None) -> tuple[str, str, tuple[st
     return "tolerance", "pinned numerics match the calibration's: runs are bit-identical", diffs
 
 
-def _baseline_predictions(root: Path, rev: str, directory: str):
-    """The prediction files committed at rev, or None when that revision has none."""
-    from dsm5lab import paired
-
-    texts = {}
-    for name in (paired.POSTS, paired.SENTENCES):
-        shown = _git(root, "show", f"{rev}:./{directory}/{name}")
-        texts[name] = shown.stdout if shown.returncode == 0 else None
-    return None if texts[paired.POSTS] is None else paired.parse(texts, f"{directory} at {rev}")
-
-
 def _stale(preds, data: dict, keys) -> str | None:
     """A key whose number the decisions do not reproduce (the files come from another run), or None."""
     from dsm5lab import paired
@@ -308,7 +297,7 @@ def paired_checks(root: Path, gate: GateFile, rev: str, current: dict, baseline:
     new = paired.read(root / cfg.predictions)
     if new is None:
         return {}, f"paired check off: no {cfg.predictions}/{paired.POSTS} in the workspace (run `dvc repro`)"
-    base = _baseline_predictions(root, rev, cfg.predictions)
+    base = paired.at_revision(root, rev, cfg.predictions)
     if base is None:
         return {}, f"paired check off: {cfg.predictions} is not committed at revision '{rev}'"
     if set(new.post_ids) != set(base.post_ids):

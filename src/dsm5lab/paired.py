@@ -118,6 +118,19 @@ def parse(texts: dict[str, str | None], source: str) -> Predictions:
     return Predictions(ids, cols, sentence_post, sentences)
 
 
+def at_revision(root: Path, rev: str, directory: str, label: str | None = None) -> Predictions | None:
+    """The prediction files committed at git revision `rev` (`git show`, so no DVC remote is needed), or None when
+    that revision has none; `label` names the revision in error lines (default: rev)."""
+    import subprocess
+
+    texts = {}
+    for name in (POSTS, SENTENCES):
+        shown = subprocess.run(["git", "show", f"{rev}:./{directory}/{name}"], cwd=root, capture_output=True,
+                               text=True)
+        texts[name] = shown.stdout if shown.returncode == 0 else None
+    return None if texts[POSTS] is None else parse(texts, f"{directory} at {label or rev}")
+
+
 def read(directory: Path) -> Predictions | None:
     """The prediction files in a directory, or None when it has none."""
     directory = Path(directory)
