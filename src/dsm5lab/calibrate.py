@@ -9,16 +9,13 @@ and evaluate stages in a scratch copy of the project; nothing of the project is 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import statistics
-import tempfile
 from pathlib import Path
 
 import yaml
 
 from dsm5lab import atomic, layout
-from dsm5lab.config import Params, apply_overrides, validate
+from dsm5lab.config import Params
 from dsm5lab.errors import UserError
 from dsm5lab.gate import GateFile, load_gate, lookup, system_key
 from dsm5lab.progress import progress
@@ -54,23 +51,11 @@ def _stage_files(gate: GateFile) -> None:
 
 def measure(params: Params, root: Path, gate: GateFile, seeds: list[int]) -> dict[tuple[str, str], list[float]]:
     """Each gated metric over training seeds: train + evaluate per seed in a scratch copy of the prepared data."""
-    prepared = root / layout.PREPARED
-    if not (prepared / "manifest.json").is_file():
-        raise UserError(f"{prepared}: no prepared data; run `dvc repro prepare` first")
+    from dsm5lab.evaluation.spread import scratch_project
+
     values: dict[tuple[str, str], list[float]] = {(f, k): [] for f, keys in gate.metrics.items() for k in keys}
-    root_before = os.environ.get("DVC_ROOT")
-    with tempfile.TemporaryDirectory(prefix="dsm5lab-calibrate-") as tmp:
-        scratch = Path(tmp)
-        shutil.copytree(prepared, scratch / layout.PREPARED)
-        # the scratch copy is the project of these runs: MLflow keeps artifacts under DVC_ROOT (tracking.py)
-        os.environ["DVC_ROOT"] = str(scratch)
-        try:
-            _run_seeds(params, scratch, seeds, values)
-        finally:
-            if root_before is None:
-                os.environ.pop("DVC_ROOT", None)
-            else:
-                os.environ["DVC_ROOT"] = root_before
+    with scratch_project(root, "calibrate") as scratch:  # the prepared data copied; DVC_ROOT set while it lives
+        _run_seeds(params, scratch, seeds, values)
     return values
 
 
@@ -78,10 +63,10 @@ def _run_seeds(params: Params, scratch: Path, seeds: list[int], values: dict) ->
     from dsm5lab.evaluation import stage as evaluate
     from dsm5lab.training import stage as train
 
+    from dsm5lab.evaluation.spread import scratch_params
+
     for seed in progress(seeds, desc="gate calibrate: seeds"):
-        raw = apply_overrides(params.model_dump(mode="json"),
-                              [f"seed={seed}", f"tracking.mlflow_uri=sqlite:///{scratch / 'mlflow.db'}"])
-        p = validate(raw, source=f"calibration params (seed {seed})")
+        p = scratch_params(params, scratch, f"seed={seed}")  # checkpoints and MLflow inside the scratch copy
         train.run(p, scratch)
         evaluate.run(p, scratch)
         for (file, key), got in values.items():

@@ -160,6 +160,7 @@ def cross_validate(params: Params, root: Path) -> dict:
     """Out-of-fold criteria micro/macro-F1 over prepare's folds, thresholds tuned inside each fold's training part."""
     from dsm5lab.data.schema import read_table
     from dsm5lab.evaluation.operating import operating_points
+    from dsm5lab.evaluation.stage import Settings
     from dsm5lab.evaluation.views import predict_split
     from dsm5lab.tracking import Tracker, TrackingSettings
     from dsm5lab.training.inference import load_for_inference
@@ -197,8 +198,7 @@ def cross_validate(params: Params, root: Path) -> dict:
 
             tune, out = scored(tune_ids, "tune"), scored(held_ids, "held")
             thresholds, _ = operating_points(tune.gold, tune.prob, p.evaluate.threshold_objective,
-                                             [p.evaluate.threshold_targets.get(s, p.evaluate.threshold_target)
-                                              for s in SYMPTOMS])
+                                             Settings.of(p).targets())
             decided = out.prob >= np.asarray(thresholds)
             f1 = multilabel_f1(out.gold, decided)
             per_fold.append({"fold": held, "posts": len(held_ids), "macro_f1": round(f1["macro"], 6),
