@@ -193,6 +193,16 @@ def test_pruner_kinds(kind, patience, expected):
     assert type(make_pruner(params)).__name__ == expected
 
 
+def test_hyperband_takes_max_resource_and_bootstrap_count():
+    base = {**default_params()["hpo"]["pruner"], "type": "hyperband", "min_resource": 1}
+    pruner = make_pruner(params_with(pruner={**base, "max_resource": 9, "bootstrap_count": 2}))
+    assert (pruner._max_resource, pruner._bootstrap_count) == (9, 2)
+    # null: a full trial's reports, i.e. its epochs (hpo.trial_overrides: train.epochs 3 here)
+    assert make_pruner(params_with(pruner={**base, "max_resource": None}))._max_resource == 3
+    with pytest.raises(UserError, match="max_resource 1 is below min_resource 2"):
+        params_with(pruner={**base, "min_resource": 2, "max_resource": 1})
+
+
 @pytest.mark.parametrize("kind", ["none", "median"])
 def test_a_trial_whose_every_report_is_nan_is_pruned_by_any_pruner(kind):
     """Neither pruner ranks NaN here (none never prunes, median not before its startup trials), and a NaN

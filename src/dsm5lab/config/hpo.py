@@ -77,8 +77,16 @@ class PrunerConfig(Strict):
     n_warmup_steps: int = Field(ge=0)  # median: reports a trial makes before it can be pruned
     min_resource: int = Field(ge=1)  # hyperband: reports every trial gets
     reduction_factor: int = Field(ge=2)  # hyperband
+    max_resource: int | None = Field(ge=1)  # hyperband: reports of a full trial; null = the trial's epochs (or folds)
+    bootstrap_count: int = Field(ge=0)  # hyperband: trials a rung needs before it promotes any (0 = promote at once)
     patience: int | None = Field(ge=1)  # also prune after this many reports without improvement; null = off
     min_delta: float = Field(ge=0.0)
+
+    @model_validator(mode="after")
+    def _resources(self) -> PrunerConfig:
+        if self.max_resource is not None and self.max_resource < self.min_resource:
+            raise ValueError(f"max_resource {self.max_resource} is below min_resource {self.min_resource}")
+        return self
 
 
 class CVConfig(Strict):

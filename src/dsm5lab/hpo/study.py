@@ -62,8 +62,9 @@ def make_sampler(params: Params, seed: int):
 def _hyperband(lib, p, params: Params):
     # resource = reports: one per epoch (or one per fold in cross-validation)
     units = (params.hpo.cv.folds or params.prepare.n_folds) if params.hpo.cv.enabled else _trial_epochs(params)
-    return lib.HyperbandPruner(min_resource=p.min_resource, max_resource=max(units, p.min_resource),
-                               reduction_factor=p.reduction_factor)
+    top = p.max_resource if p.max_resource is not None else max(units, p.min_resource)
+    return lib.HyperbandPruner(min_resource=p.min_resource, max_resource=top, reduction_factor=p.reduction_factor,
+                               bootstrap_count=p.bootstrap_count)
 
 
 # hpo.pruner.type -> factory(optuna.pruners, pruner section, params) of the pruner under an optional PatientPruner
