@@ -423,11 +423,14 @@ def test_local_workers_sleep_when_they_wait_unless_the_user_chose(monkeypatch, t
     seen = []
     monkeypatch.setattr(subprocess, "Popen", lambda cmd, **kw: seen.append((cmd, kw)))
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    study._spawn_worker("journal:x.log", "s", tmp_path)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    study._spawn_worker("journal:x.log", "s", tmp_path, None)
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    study._spawn_worker("journal:x.log", "s", tmp_path)
+    study._spawn_worker("journal:x.log", "s", tmp_path, "1")
     assert [kw["env"]["OMP_WAIT_POLICY"] for _, kw in seen] == ["PASSIVE", "ACTIVE"]
     assert seen[0][0][-4:] == ["--storage", "journal:x.log", "--study", "s"] and seen[0][1]["cwd"] == tmp_path
+    # hpo.devices: a worker's device is in its environment from its first instruction; None leaves it as it is
+    assert "CUDA_VISIBLE_DEVICES" not in seen[0][1]["env"] and seen[1][1]["env"]["CUDA_VISIBLE_DEVICES"] == "1"
 
 
 def test_train_trains_the_study_best_trial_when_hpo_is_enabled(hpo_project, tmp_path, monkeypatch, cli):

@@ -116,11 +116,14 @@ def _two_workers(root, url: str, n_trials: int) -> None:
         return names[0] if names else None
 
     name = _wait(study_name, "the study to appear", procs=[runner])
-    worker = dsm5lab(root, "hpo", "worker", "--storage", url, "--study", name)
+    worker = dsm5lab(root, "hpo", "worker", "--storage", url, "--study", name, "--device", "1")
     worker_out = _finish(worker)
     _finish(runner)
     study = optuna.load_study(study_name=name, storage=storage)
     _check_two_workers(study, n_trials)
+    # `hpo worker --device 1` computes with CUDA_VISIBLE_DEVICES=1; `hpo run` (devices: auto, no GPU) as it was
+    given = {t.user_attrs["worker"]["pid"]: t.user_attrs["worker"]["device"] for t in study.trials}
+    assert given == {runner.pid: os.environ.get("CUDA_VISIBLE_DEVICES"), worker.pid: "1"}, given
     # the worker counts the trials it ran, not the study's
     assert f"hpo worker: finished {_ran(study)[worker.pid]} trial(s) of {name} in this process" in worker_out
 
@@ -140,11 +143,13 @@ def _check_two_workers(study, n_trials: int) -> None:
 
 
 def test_two_workers_on_a_journal_file(tmp_path):
-    """hpo.workers=2: `hpo run` starts a second worker process itself; with train.threads: auto each of the two
+    """hpo.devices: [0, 1] with workers: auto: `hpo run` computes on device 0 and starts a worker process for
+    device 1, each with its CUDA_VISIBLE_DEVICES (recorded per trial); with train.threads: auto each of the two
     takes half the cores."""
     name = f"j{uuid.uuid4().hex[:6]}"
     root = make_project(tmp_path / name, study_name=name, storage="journal:stages/hpo/journal.log", n_trials=4,
-                        workers=2, trial_overrides={"train.epochs": 3, "train.threads": "auto"})
+                        devices=[0, 1], workers="auto",
+                        trial_overrides={"train.epochs": 3, "train.threads": "auto"})
     runner = dsm5lab(root, "hpo", "run")
     out = _finish(runner)
     storage = open_storage(f"journal:{root / 'stages/hpo/journal.log'}",
@@ -161,6 +166,9 @@ def test_two_workers_on_a_journal_file(tmp_path):
             "1 worker process(es)") in out
     share = [t.user_attrs["threads"] for t in study.trials]
     assert all(s["n"] == max(1, cores() // 2) and "2 local HPO workers" in s["rule"] for s in share), share
+    seen = {(t.user_attrs["worker"]["pid"], t.user_attrs["worker"]["device"]) for t in study.trials}
+    assert seen == {(runner.pid, "0"), (worker, "1")}, seen  # each process saw its own device, and only it
+    assert "hpo: 2 local process(es), CUDA_VISIBLE_DEVICES: '0', '1'" in out
 
 
 def postgres_url() -> str:

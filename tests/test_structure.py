@@ -212,6 +212,8 @@ NO_REGISTRY = {
     "train.precision": "an if-chain in device.autocast_for, plus the fp16 GradScaler in training.run",
     "retention.scope": "current vs all branch in the retention stage",
     "train.threads": "an integer or 'auto', which concurrency.resolve_threads checks by equality",
+    "hpo.workers": "an integer or 'auto', which HpoConfig.local_workers checks by equality",
+    "hpo.devices": "auto, cpu or a list, which hpo.devices.resolve checks by equality",
     "hpo.objectives[].direction": "passed verbatim to optuna.create_study(directions=...)",
     "hpo.spaces.*.*.type": "Dist shape check in config.hpo and the if-chain in hpo.space",
 }

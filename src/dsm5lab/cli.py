@@ -373,11 +373,18 @@ def _err(line: str) -> None:
 
 @hpo_app.command("run")
 @user_errors
-def hpo_run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+def hpo_run(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    warm_start: Annotated[str | None, typer.Option(
+        "--warm-start", metavar="STUDY", help="run the best trials of this earlier study first (a new study; "
+        "as --set hpo.warm_start.study=STUDY, which a DVC run should use instead).")] = None,
+) -> None:
     """The hpo stage: create or resume the study, run trials to hpo.n_trials, write best params and reports."""
     from dsm5lab.hpo import study
 
-    metrics = study.run(_load_pinned(params, set_), Path("."), echo=_err)
+    overrides = [*(set_ or []), *([f"hpo.warm_start.study={warm_start}"] if warm_start else [])]
+    metrics = study.run(_load_pinned(params, overrides), Path("."), echo=_err)
     if metrics.get("enabled") is False:
         typer.echo("hpo: disabled (hpo.enabled: false); wrote empty outputs, and train uses params.yaml's values")
         return
@@ -400,11 +407,18 @@ def hpo_define(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> 
 
 @hpo_app.command("worker")
 @user_errors
-def hpo_worker(storage: StorageOpt, study_name: StudyOpt) -> None:
+def hpo_worker(
+    storage: StorageOpt,
+    study_name: StudyOpt,
+    device: Annotated[str | None, typer.Option(
+        "--device", help="the GPU this worker trains on (its CUDA_VISIBLE_DEVICES): an index, a GPU-/MIG- UUID, "
+        "or cpu; default: as the environment has it.")] = None,
+) -> None:
     """Join a running study from another process or machine (same commit and prepared data)."""
-    from dsm5lab.hpo import study
+    from dsm5lab.hpo import devices, study
 
-    n = study.worker(storage, study_name, Path("."), echo=_err)
+    n = study.worker(storage, study_name, Path("."), echo=_err,
+                     device=None if device is None else devices.parse(device))
     typer.echo(f"hpo worker: finished {n} trial(s) of {study_name} in this process")
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -101,11 +101,24 @@ class StaleConfig(Strict):
     max_retry: int = Field(ge=0)  # a failed stale trial is re-run with the same params up to this often
 
 
+class WarmStartConfig(Strict):
+    study: str | None = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # an earlier study's name; null = off
+    storage: str | None  # where that study is; null = hpo.storage
+    n_best: int = Field(ge=1)  # its best complete trials to enqueue (the Pareto front with several objectives)
+
+
+# a CUDA_VISIBLE_DEVICES entry: an index as nvidia-smi counts, or a GPU/MIG UUID
+Device = Annotated[int, Field(ge=0)] | Annotated[str, Field(pattern=r"^(GPU|MIG)-[A-Za-z0-9/-]+$")]
+
+
 class HpoConfig(Strict):
     enabled: bool
     study_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     storage: str | None
-    workers: int = Field(ge=1, le=256)
+    # where local trials compute: auto (every visible GPU, else the CPU) | cpu | a list of CUDA_VISIBLE_DEVICES
+    # entries; `hpo run` gives each local process (itself and its workers) one device, in turn
+    devices: Literal["auto", "cpu"] | list[Device] = Field(min_length=1)
+    workers: Annotated[int, Field(ge=1, le=256)] | Literal["auto"]  # auto = one per device (1 on the CPU)
     n_trials: int = Field(ge=1)
     timeout_s: float | None = Field(gt=0)
     trial_timeout_s: float | None = Field(gt=0)
@@ -114,6 +127,7 @@ class HpoConfig(Strict):
     pruner: PrunerConfig
     cv: CVConfig
     stale: StaleConfig
+    warm_start: WarmStartConfig
     max_micro_batch: int | None = Field(ge=1)
     trial_overrides: dict[str, Any]
     space: str
@@ -132,9 +146,16 @@ class HpoConfig(Strict):
         metrics = [o.metric for o in self.objectives]
         if len(set(metrics)) != len(metrics):
             raise ValueError(f"objectives repeat a metric: {metrics}")
-        if (self.storage is None or self.storage.startswith("sqlite")) and self.workers > 1:
-            raise ValueError(sqlite_workers_message(self.workers))
+        if isinstance(self.devices, list) and len(set(map(str, self.devices))) != len(self.devices):
+            raise ValueError(f"devices repeat an entry: {self.devices}")
+        known = self.local_workers(len(self.devices) if isinstance(self.devices, list) else 0)
+        if (self.devices != "auto" or self.workers != "auto") and known > 1:
+            check_workers_storage(self.storage, known)  # auto on auto is checked once the GPUs are counted
         return self
+
+    def local_workers(self, n_devices: int) -> int:
+        """Processes `hpo run` computes with on this machine, given the GPUs it resolved (0 = the CPU)."""
+        return self.workers if self.workers != "auto" else max(1, n_devices)
 
     @property
     def search_space(self) -> dict[str, Dist]:
@@ -143,6 +164,11 @@ class HpoConfig(Strict):
     @property
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
+
+
+def check_workers_storage(storage: str | None, workers: int) -> None:
+    if (storage is None or storage.startswith("sqlite")) and workers > 1:
+        raise ValueError(sqlite_workers_message(workers))
 
 
 def sqlite_workers_message(workers: int | str) -> str:

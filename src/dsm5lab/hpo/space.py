@@ -116,7 +116,7 @@ def definition(params: Params) -> dict[str, Any]:
     The model/train values every trial starts from, less the searched keys (every trial sets them, so
     `hpo promote` does not start a new study), the keys hpo.trial_overrides replaces (train.epochs is the
     final model's, not a trial's), the operational keys and those without effect on a trial
-    (no_effect_keys); then the overrides, the selected space, the objectives and the numerics. The study
+    (no_effect_keys); then the overrides, the selected space, the objectives, the numerics and a warm start. The study
     stage writes it to stages/study/definition.json, the hpo stage's dependency in place of model/train.
     """
     hpo = params.hpo
@@ -124,11 +124,14 @@ def definition(params: Params) -> dict[str, Any]:
     derived = ("train.grad_accum_steps",) if "train.batch_size" in hpo.search_space else ()
     for key in (*hpo.search_space, *OPERATIONAL, *derived, *hpo.trial_overrides, *no_effect_keys(params)):
         dotted.drop(base, key)
+    # a warm start changes which trials run first: naming one starts a new study, where they are enqueued
+    warm = {"warm_start": {"study": hpo.warm_start.study, "n_best": hpo.warm_start.n_best}} \
+        if hpo.warm_start.study else {}
     return json.loads(json.dumps({
         "base": base, "trial_overrides": hpo.trial_overrides,
         "space": {k: v.model_dump() for k, v in hpo.search_space.items()},
         "objectives": [o.model_dump() for o in hpo.objectives], "cv": hpo.cv.model_dump(),
-        "max_micro_batch": hpo.max_micro_batch, "numerics": params.numerics.model_dump(),
+        "max_micro_batch": hpo.max_micro_batch, "numerics": params.numerics.model_dump(), **warm,
     }, default=str))
 
 

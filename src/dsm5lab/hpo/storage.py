@@ -149,10 +149,11 @@ def _engine_kwargs(url: str) -> dict:
 
 
 def worker_tag() -> dict:
-    """Who runs a trial: host, pid and the process start time (so a reused pid is not mistaken for it)."""
+    """Who runs a trial: host, pid and the process start time (so a reused pid is not mistaken for it), device."""
     import psutil
 
-    return {"host": socket.gethostname(), "pid": os.getpid(), "started": psutil.Process().create_time()}
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": psutil.Process().create_time(),
+            "device": os.environ.get("CUDA_VISIBLE_DEVICES")}  # hpo.devices: what this process was given
 
 
 def _dead(tag: dict | None) -> bool:

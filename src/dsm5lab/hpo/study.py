@@ -241,20 +241,27 @@ def run(params: Params, root: Path = Path("."), echo: Echo = _quiet) -> dict:
         return report.write_disabled(root)
     _check_objectives(params)
     _check_backbones(params)
+    from dsm5lab.hpo import devices, warm
+
+    plan = devices.plan(params.hpo)  # before anything here starts CUDA
     url = storage_url(params, root)
     name, fp, data = study_identity(params, root / layout.PREPARED)
+    earlier = warm.earlier_best(params, url, name)
     # one `hpo run` per file-backed study: a second would fail the first's live trial as stale (SQLite) and write
     # the same outputs; a PostgreSQL study is meant for many processes (`hpo worker` joins a file-backed one)
     one = st.is_sqlite(url) or url.startswith(st.JOURNAL)
     with project_lock(root, f"hpo-{name}", f"dsm5lab hpo run (study {name})") if one else nullcontext():
-        return _run_study(params, root, url, (name, fp, data), echo)
+        return _run_study(params, root, url, (name, fp, data), (plan, earlier), echo)
 
 
-def _run_study(params: Params, root: Path, url: str, identity: tuple[str, str, str], echo: Echo) -> dict:
-    from dsm5lab.hpo import report
+def _run_study(params: Params, root: Path, url: str, identity: tuple[str, str, str], start: tuple[list, list],
+               echo: Echo) -> dict:
+    """`start`: CUDA_VISIBLE_DEVICES per local process (devices.plan), the earlier trials to run first (warm)."""
+    from dsm5lab.hpo import devices, report, warm
     from dsm5lab.tracking import Tracker, TrackingSettings
 
     name, fp, data = identity
+    plan, earlier = start
     storage = st.open_storage(url, params.hpo.stale)
     study = _study(storage, name, params, params.seed, create=True)
     # workers run from the study's stored params: refresh them so n_trials, timeouts and the pruner
@@ -268,6 +275,10 @@ def _run_study(params: Params, root: Path, url: str, identity: tuple[str, str, s
     if swept:
         echo(f"hpo: failed stale trial(s) {swept} left RUNNING by a dead worker")
     echo(f"hpo: study {name} in {st.redact(url)}")
+    warm.enqueue(study, earlier, params, echo)
+    if any(d is not None for d in plan):
+        echo(f"hpo: {len(plan)} local process(es), {devices.ENV}: " + ", ".join(repr(d) for d in plan))
+    devices.use(plan[0])
     run_dir = root / params.train.checkpoint.dir / layout.HPO_POOL_DIR / name
     settings = TrackingSettings(mlflow_uri=params.tracking.mlflow_uri, experiment=params.tracking.experiment,
                                 run_name=f"hpo/{name}", live_dir=None, run_dir=run_dir, resume=True,
@@ -277,12 +288,12 @@ def _run_study(params: Params, root: Path, url: str, identity: tuple[str, str, s
         if tracker.mlflow_run_id:
             study.set_user_attr(PARENT_ATTR, tracker.mlflow_run_id)
         ctx = StudyContext(params, root, name, tracker.mlflow_run_id)
-        # hpo.workers processes share the cores: train.threads: auto gives each its share (dsm5lab.concurrency)
-        with sharing(params.hpo.workers):
+        # the local processes share the cores: train.threads: auto gives each its share (dsm5lab.concurrency)
+        with sharing(len(plan)):
             procs: list[subprocess.Popen] = []
             try:
-                for _ in range(params.hpo.workers - 1):
-                    procs.append(_spawn_worker(url, name, root))
+                for device in plan[1:]:
+                    procs.append(_spawn_worker(url, name, root, device))
                 here = optimize(study, ctx, echo)
                 codes = [p.wait() for p in procs]
             except BaseException:  # Ctrl-C, SIGTERM (cli.main) or a crash: no worker outlives this run
@@ -301,9 +312,12 @@ def _run_study(params: Params, root: Path, url: str, identity: tuple[str, str, s
     return outcome
 
 
-def worker(url: str, name: str, root: Path = Path("."), echo: Echo = _quiet) -> int:
+def worker(url: str, name: str, root: Path = Path("."), echo: Echo = _quiet, device: str | None = None) -> int:
     """Join an existing study (another process or machine) and run trials until it has n_trials; returns how many
-    trials this process finished."""
+    trials this process finished. `device`: its CUDA_VISIBLE_DEVICES (`hpo worker --device`); None = as it is."""
+    from dsm5lab.hpo import devices
+
+    devices.use(device)
     root = Path(root)
     orphaned = _watch_parent()
     if orphaned():
@@ -379,12 +393,15 @@ def worker_env(environ: dict[str, str]) -> dict[str, str]:
     return {**environ, "OMP_WAIT_POLICY": environ.get("OMP_WAIT_POLICY", "PASSIVE")}
 
 
-def _spawn_worker(url: str, name: str, root: Path) -> subprocess.Popen:
+def _spawn_worker(url: str, name: str, root: Path, device: str | None) -> subprocess.Popen:
+    from dsm5lab.hpo.devices import ENV
     from dsm5lab.lock import this_process
 
     me = this_process()
     cmd = [sys.executable, "-m", "dsm5lab.cli", "hpo", "worker", "--storage", url, "--study", name]
     env = {**worker_env(dict(os.environ)), PARENT_ENV: f"{me['pid']}:{me['create_time']!r}"}
+    if device is not None:  # in its environment from the start, before its first import
+        env[ENV] = device
     # a session (so a process group) of its own: a terminal's Ctrl-C reaches `hpo run` alone, which then stops
     # each worker with its DataLoader processes (_stop), instead of every process unwinding at once
     return subprocess.Popen(cmd, cwd=root, env=env, start_new_session=True)
