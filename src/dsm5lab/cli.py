@@ -466,6 +466,12 @@ def hpo_compare_pruning(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = 
                f"trial-epochs with pruning, {wo['trial_seconds']} s / {wo['trial_epochs']} without; saved "
                f"{r['saved_seconds']} s ({r['saved_share']:.1%}). Best with pruning {r['best_with_pruning']}, "
                f"without {r['best_without_pruning']}. Written to {OUT}")
+    typer.echo("the same trials in the same order under other pruner settings (reports run, share saved, best "
+               "value of the trials it lets finish):")
+    for row in r["what_if"]:
+        typer.echo(f"  {row['pruner']:<40} {row['reports_run']:>4}/{row['reports_full']} reports  "
+                   f"saved {row['saved_share']:6.1%}  pruned {row['pruned']:>3}  best {row['best_value']}"
+                   + ("" if row["keeps_best"] else "  (loses the best trial)"))
 
 
 @app.command()

@@ -1,14 +1,17 @@
 """A benchmark of pruning: re-run a study's finished trials with the same params and no pruner.
 
 It measures what pruning saved (trial-seconds and trial-epochs) and whether a pruned trial would
-have beaten the best one, on the machine at hand. Results go to reports/bench/hpo_pruning.json.
+have beaten the best one, on the machine at hand. The replay leaves every trial's full learning
+curve, so other pruner settings are then played over the same trials in the same order (`what_if`):
+exact for that sequence of trials, though a real study's sampler would have proposed others after
+different prunings. Results go to reports/bench/hpo_pruning.json.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from dsm5lab import atomic, layout
+from dsm5lab import atomic, dotted, layout
 from dsm5lab.config import Params, validate
 from dsm5lab.errors import UserError
 from dsm5lab.hpo import storage as st
@@ -21,6 +24,65 @@ OUT = layout.HPO_PRUNING_BENCH
 def _totals(trials) -> dict:
     return {"trial_seconds": round(sum(t.duration.total_seconds() for t in trials), 1),
             "trial_epochs": round(sum(t.user_attrs.get("epochs_run", 0) for t in trials), 2)}
+
+
+# pruner settings what_if plays over the replayed curves (hpo.pruner keys over the study's own)
+CANDIDATES: dict[str, dict] = {
+    "median startup 2 warmup 1": {"type": "median", "n_startup_trials": 2, "n_warmup_steps": 1},
+    "median startup 2 warmup 0": {"type": "median", "n_startup_trials": 2, "n_warmup_steps": 0},
+    "median startup 5 warmup 1": {"type": "median", "n_startup_trials": 5, "n_warmup_steps": 1},
+    "median startup 5 warmup 0": {"type": "median", "n_startup_trials": 5, "n_warmup_steps": 0},
+    "hyperband rf 3": {"type": "hyperband", "min_resource": 1, "reduction_factor": 3},
+    "hyperband rf 2": {"type": "hyperband", "min_resource": 1, "reduction_factor": 2},
+    "hyperband rf 3 bootstrap 2": {"type": "hyperband", "min_resource": 1, "reduction_factor": 3,
+                                   "bootstrap_count": 2},
+    "median startup 2 warmup 1 + patience 1": {"type": "median", "n_startup_trials": 2, "n_warmup_steps": 1,
+                                               "patience": 1},
+}
+
+
+def what_if(params: Params, curves: list[dict[int, float]], finals: list[float],
+            candidates: dict[str, dict] = CANDIDATES) -> list[dict]:
+    """Play each pruner setting over the trials' full curves, in study order: reports (epochs) it would run, the
+    share it saves against running every report, and the best value among the trials it lets finish."""
+    import optuna
+
+    from dsm5lab.config import validate
+    from dsm5lab.hpo.study import make_pruner
+
+    sign = 1 if params.hpo.objectives[0].direction == "maximize" else -1
+    full = sum(len(c) for c in curves)
+    best = max(finals, key=lambda v: sign * v)
+    rows = []
+    own = params.hpo.pruner.model_dump(mode="json")
+    for label, keys in {"this study's pruner": own, **candidates}.items():
+        raw = params.model_dump(mode="json")
+        settings = {**own, "patience": None, "max_resource": None, "bootstrap_count": 0, **keys}
+        for key, value in settings.items():
+            dotted.put(raw, f"hpo.pruner.{key}", value)
+        pruner = make_pruner(validate(raw, source=f"what_if {label}"))
+        study = optuna.create_study(direction=params.hpo.objectives[0].direction, pruner=pruner)
+        ran, kept = 0, []
+        for curve, final in zip(curves, finals):
+            trial = study.ask()
+            pruned = False
+            for step in sorted(curve):
+                trial.report(curve[step], step)
+                ran += 1
+                if trial.should_prune():
+                    pruned = True
+                    break
+            if pruned:
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                study.tell(trial, final)
+                kept.append(final)
+        top = max(kept, key=lambda v: sign * v) if kept else None
+        rows.append({"pruner": label, "settings": keys, "reports_run": ran, "reports_full": full,
+                     "saved_share": round(1 - ran / full, 4) if full else 0.0,
+                     "pruned": len(curves) - len(kept), "best_value": None if top is None else round(top, 6),
+                     "keeps_best": top is not None and top == best})
+    return rows
 
 
 def compare_pruning(params: Params, root: Path = Path(".")) -> dict:
@@ -76,5 +138,9 @@ def compare_pruning(params: Params, root: Path = Path(".")) -> dict:
     w, wo = result["with_pruning"], result["without_pruning"]
     result["saved_seconds"] = round(wo["trial_seconds"] - w["trial_seconds"], 1)
     result["saved_share"] = round(1 - w["trial_seconds"] / wo["trial_seconds"], 4) if wo["trial_seconds"] else 0.0
+    result["saved_epochs_share"] = round(1 - w["trial_epochs"] / wo["trial_epochs"], 4) if wo["trial_epochs"] else 0.0
+    result["equal_best"] = result["best_with_pruning"]["value"] == result["best_without_pruning"]["value"]
+    result["pruner"] = params.hpo.pruner.model_dump(mode="json")
+    result["what_if"] = what_if(params, [dict(t.intermediate_values) for t in again], [t.values[0] for t in again])
     atomic.write_json(root / OUT, result)
     return result

@@ -1,0 +1,50 @@
+"""`dsm5lab hpo compare-pruning`: the replay without pruning, and other pruner settings played over its curves."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import default_params
+from dsm5lab.config import validate
+from dsm5lab.hpo.compare import what_if
+from hpo_helpers import make_project, tiny_params
+
+
+def test_what_if_counts_the_reports_each_pruner_runs_and_whether_it_keeps_the_best():
+    params = validate(default_params())  # maximize val/macro_f1
+    curves = [{0: 0.5, 1: 0.6, 2: 0.7}, {0: 0.55, 1: 0.65, 2: 0.72}, {0: 0.1, 1: 0.1, 2: 0.1}, {0: 0.6, 1: 0.7, 2: 0.8}]
+    finals = [0.7, 0.72, 0.1, 0.8]
+    rows = {r["pruner"]: r for r in what_if(params, curves, finals, {
+        "none": {"type": "none"},
+        "median startup 2 warmup 0": {"type": "median", "n_startup_trials": 2, "n_warmup_steps": 0},
+        "median startup 2 warmup 1": {"type": "median", "n_startup_trials": 2, "n_warmup_steps": 1},
+    })}
+    assert rows["none"] == {"pruner": "none", "settings": {"type": "none"}, "reports_run": 12, "reports_full": 12,
+                            "saved_share": 0.0, "pruned": 0, "best_value": 0.8, "keeps_best": True}
+    # the bad third trial stops at its first report, or at its second after a one-report warm-up
+    assert rows["median startup 2 warmup 0"]["reports_run"] == 10 and rows["median startup 2 warmup 0"]["pruned"] == 1
+    assert rows["median startup 2 warmup 1"]["reports_run"] == 11
+    assert rows["median startup 2 warmup 1"]["saved_share"] == round(1 - 11 / 12, 4)
+    assert all(r["keeps_best"] for r in rows.values())
+    assert list(rows)[0] == "this study's pruner"  # first, as the check against what the study really pruned
+
+
+def test_compare_pruning_replays_the_study_and_its_own_pruner_replays_exactly(tmp_path, monkeypatch, cli):
+    """The replay trains each finished trial to the end; the study's own pruner, played over those curves, must
+    prune exactly what the real study pruned (training is deterministic): the what-if rows stand on that."""
+    pruner = {**tiny_params()["hpo"]["pruner"], "type": "median", "n_startup_trials": 1, "n_warmup_steps": 0}
+    root = make_project(tmp_path / "p", n_trials=5, pruner=pruner, trial_overrides={"train.epochs": 3})
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("CI", "true")
+    assert cli("hpo", "run").exit_code == 0
+    result = cli("hpo", "compare-pruning")
+    assert result.exit_code == 0, result.output
+    r = json.loads((root / "reports/bench/hpo_pruning.json").read_text())
+    assert r["trials"] == 5 and r["pruned"] and r["without_pruning"]["trial_epochs"] > r["with_pruning"]["trial_epochs"]
+    own = r["what_if"][0]
+    assert own["pruner"] == "this study's pruner" and own["settings"] == r["pruner"]
+    assert own["reports_run"] == r["with_pruning"]["trial_epochs"] and own["pruned"] == len(r["pruned"])
+    assert own["reports_full"] == r["without_pruning"]["trial_epochs"]
+    assert r["saved_epochs_share"] == round(1 - own["reports_run"] / own["reports_full"], 4)
+    assert r["equal_best"] == (r["best_with_pruning"]["value"] == r["best_without_pruning"]["value"])
+    assert "this study's pruner" in result.output and "hyperband rf 3" in result.output
