@@ -127,3 +127,35 @@ def test_flags_show_no_value_placeholder_in_any_help():
     assert seen > 20  # every command and group (23 when written)
     result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
     assert "<path>" in result.output  # options with a value keep their type
+
+
+def readme_overrides() -> list[tuple[str, str]]:
+    """(key, value) of every `-S key=value` / `--set key=value` in README code; a DVC grid (a,b) gives each value."""
+    found = []
+    for span in code_spans(README):
+        for m in re.finditer(r"(?:-S|--set)\s+'?([a-z_][\w.]*)=([^\s']+)'?", span):
+            key, value = m.groups()
+            if value.startswith("$") or key == "key":  # a shell variable or `key=value` stands for the user's own
+                continue
+            values = [value] if value.startswith("[") else value.split(",")
+            found += [(key, v) for v in values]
+    return found
+
+
+OVERRIDES = readme_overrides()
+
+
+def test_readme_shows_overrides():
+    assert len(OVERRIDES) > 20 and ("hpo.devices", "[0,1,2,3]") in OVERRIDES
+
+
+@pytest.mark.parametrize("key, value", OVERRIDES, ids=[f"{k}={v}"[:60] for k, v in OVERRIDES])
+def test_every_readme_override_names_a_param_and_a_valid_value(key, value):
+    """`dvc exp run -S hpo.devices=[0,1,2,3]` as the README shows it: the key exists and the value validates."""
+    from conftest import default_params
+    from dsm5lab.config import apply_overrides, validate
+
+    raw = apply_overrides(default_params(), [f"{key}={value}"])
+    if key == "hpo.workers" or key == "hpo.devices":  # several processes need a storage that serves them
+        raw["hpo"]["storage"] = "journal:stages/hpo/storage/journal.log"
+    validate(raw, source="README")
