@@ -193,6 +193,24 @@ def test_pruner_kinds(kind, patience, expected):
     assert type(make_pruner(params)).__name__ == expected
 
 
+def test_a_trial_is_never_pruned_at_its_last_report():
+    """Nothing is left to save there; pruning would only throw away a finished trial's value."""
+    params = params_with(pruner={**default_params()["hpo"]["pruner"], "type": "median", "n_startup_trials": 1,
+                                 "n_warmup_steps": 0})
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(params))
+    good = study.ask()
+    for step, v in enumerate((0.5, 0.6, 0.7)):
+        good.report(v, step)
+    study.tell(good, 0.7)
+    late = study.ask()  # fine at first, below the median at its last report
+    reporter = Reporter(late, "val/macro_f1", report=True, deadline=None, last=2)
+    for v in (0.55, 0.65, 0.1):
+        reporter(0, {"val/macro_f1": v})
+    early = Reporter(study.ask(), "val/macro_f1", report=True, deadline=None, last=2)
+    with pytest.raises(optuna.TrialPruned):  # the same value before the last report is pruned
+        early(0, {"val/macro_f1": 0.1})
+
+
 def test_hyperband_takes_max_resource_and_bootstrap_count():
     base = {**default_params()["hpo"]["pruner"], "type": "hyperband", "min_resource": 1}
     pruner = make_pruner(params_with(pruner={**base, "max_resource": 9, "bootstrap_count": 2}))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import default_params
 from dsm5lab.config import validate
 from dsm5lab.hpo.compare import what_if
@@ -14,7 +16,7 @@ def test_what_if_counts_the_reports_each_pruner_runs_and_whether_it_keeps_the_be
     params = validate(default_params())  # maximize val/macro_f1
     curves = [{0: 0.5, 1: 0.6, 2: 0.7}, {0: 0.55, 1: 0.65, 2: 0.72}, {0: 0.1, 1: 0.1, 2: 0.1}, {0: 0.6, 1: 0.7, 2: 0.8}]
     finals = [0.7, 0.72, 0.1, 0.8]
-    rows = {r["pruner"]: r for r in what_if(params, curves, finals, {
+    rows = {r["pruner"]: r for r in what_if(params, curves, finals, "s", {
         "none": {"type": "none"},
         "median startup 2 warmup 0": {"type": "median", "n_startup_trials": 2, "n_warmup_steps": 0},
         "median startup 2 warmup 1": {"type": "median", "n_startup_trials": 2, "n_warmup_steps": 1},
@@ -48,3 +50,52 @@ def test_compare_pruning_replays_the_study_and_its_own_pruner_replays_exactly(tm
     assert r["saved_epochs_share"] == round(1 - own["reports_run"] / own["reports_full"], 4)
     assert r["equal_best"] == (r["best_with_pruning"]["value"] == r["best_without_pruning"]["value"])
     assert "this study's pruner" in result.output and "hyperband rf 3" in result.output
+
+
+def committed_measurements() -> list:
+    from conftest import ROOT
+
+    return [ROOT / "reports/bench/hpo_pruning.json", *sorted((ROOT / "reports/bench/hpo_pruning_tuning").glob("*.json"))]
+
+
+@pytest.mark.parametrize("path", committed_measurements(), ids=lambda p: p.name)
+def test_a_committed_pruning_measurement_replays_from_its_own_curves(path):
+    """Each committed measurement carries every trial's full curve: the study's own pruner played over them must
+    give what the study measured, and every what-if row must be what the code gives today (not a stale table)."""
+    r = json.loads(path.read_text())
+    raw = default_params()
+    raw["hpo"]["pruner"] = r["pruner"]
+    raw["hpo"]["objectives"] = [r["objective"]]
+    raw["hpo"]["trial_overrides"] = {"train.epochs": r["trial_epochs"]}
+    curves = [dict(enumerate(c["reports"])) for c in r["curves"].values()]
+    finals = [c["value"] for c in r["curves"].values()]
+    rows = what_if(validate(raw), curves, finals, r["study"], {row["pruner"]: row["settings"] for row in r["what_if"][1:]})
+    assert rows == r["what_if"]
+    own = rows[0]
+    assert own["reports_run"] == r["with_pruning"]["trial_epochs"]
+    if path.parent.name == "hpo_pruning_tuning":  # measured before trials stopped pruning at their last report,
+        assert own["pruned"] <= len(r["pruned"])  # which saves nothing: the same reports, maybe fewer pruned
+    else:
+        assert own["pruned"] == len(r["pruned"])
+    assert r["trials"] == len(curves) >= 20 and own["reports_full"] == r["without_pruning"]["trial_epochs"]
+
+
+def test_the_readme_table_is_the_committed_measurement():
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    r = json.loads((ROOT / "reports/bench/hpo_pruning.json").read_text())
+    w, wo = r["with_pruning"], r["without_pruning"]
+    assert f"| {r['study']} | {r['trials']} | {len(r['pruned'])} | {w['trial_epochs']:g} / {wo['trial_epochs']:g} |" \
+           in readme
+    assert f"{r['saved_epochs_share']:.1%}" in readme
+
+
+def test_the_readme_tuning_table_is_the_committed_tuning_measurements():
+    from conftest import ROOT
+
+    lines = (ROOT / "README.md").read_text().splitlines()
+    for path in committed_measurements()[1:]:
+        for row in json.loads(path.read_text())["what_if"][1:]:
+            (line,) = [x for x in lines if x.startswith(f"| {row['pruner']} |")]
+            assert f"{row['saved_share']:.1%} {'kept' if row['keeps_best'] else 'lost'}" in line, (path.name, line)

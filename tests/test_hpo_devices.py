@@ -49,11 +49,19 @@ def test_auto_uses_every_visible_gpu_and_keeps_to_the_ones_this_process_may_use(
     assert devices.plan(hpo(devices="auto", workers=2, storage=JOURNAL), environ={}, count=lambda: 0) == [None, None]
 
 
-def test_one_worker_per_gpu_on_sqlite_is_refused_naming_the_storages_that_work():
+def test_the_default_on_several_gpus_uses_one_on_sqlite_and_says_how_to_use_all():
+    """devices: auto, workers: auto and the default SQLite storage: `dvc repro` must still run on a 4-GPU box."""
+    said = []
+    assert devices.plan(hpo(), environ={}, count=lambda: 4, echo=said.append) == ["0"]
+    assert said == ["hpo: 4 GPUs, but the SQLite storage serves one process: trials run on CUDA_VISIBLE_DEVICES=0 "
+                    "only; hpo.storage: journal:stages/hpo/storage/journal.log runs one per GPU"]
+
+
+def test_several_processes_on_sqlite_asked_for_are_refused_naming_the_storages_that_work():
+    with pytest.raises(UserError, match=r"SQLite storage serves one worker only.*journal.*postgresql"):
+        hpo(devices=[0, 1])  # known when the config is read
     with pytest.raises(UserError, match=r"^hpo.workers: SQLite storage serves one worker only.*journal.*postgresql"):
-        devices.plan(hpo(devices="auto"), environ={}, count=lambda: 2)
-    with pytest.raises(UserError, match="SQLite storage serves one worker only"):  # known when the config is read
-        hpo(devices=[0, 1])
+        devices.plan(hpo(devices="auto", workers=1).model_copy(update={"workers": 3}), environ={}, count=lambda: 2)
 
 
 @pytest.mark.parametrize("value, fragment", [

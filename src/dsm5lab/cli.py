@@ -456,16 +456,27 @@ def hpo_export(
 
 @hpo_app.command("compare-pruning")
 @user_errors
-def hpo_compare_pruning(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+def hpo_compare_pruning(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    replay: Annotated[Path | None, typer.Option(
+        "--replay", help="instead: play today's pruner settings again over the curves of this written "
+        "measurement (no training) and rewrite its what-if rows.")] = None,
+) -> None:
     """Benchmark: re-run the hpo stage's finished trials without pruning; report the compute pruning saved."""
-    from dsm5lab.hpo.compare import OUT, compare_pruning
+    from dsm5lab.hpo.compare import OUT, compare_pruning, replay_file
 
-    r = compare_pruning(_load_pinned(params, set_), Path("."))
-    w, wo = r["with_pruning"], r["without_pruning"]
-    typer.echo(f"{r['trials']} trials, {len(r['pruned'])} pruned: {w['trial_seconds']} s / {w['trial_epochs']} "
-               f"trial-epochs with pruning, {wo['trial_seconds']} s / {wo['trial_epochs']} without; saved "
-               f"{r['saved_seconds']} s ({r['saved_share']:.1%}). Best with pruning {r['best_with_pruning']}, "
-               f"without {r['best_without_pruning']}. Written to {OUT}")
+    if replay is not None:
+        r = replay_file(replay, _load(params, set_))
+        typer.echo(f"{replay}: study {r['study']}, {r['trials']} trials; what-if rows played again")
+    else:
+        r = compare_pruning(_load_pinned(params, set_), Path("."))
+        w, wo = r["with_pruning"], r["without_pruning"]
+        typer.echo(f"{r['trials']} trials, {len(r['pruned'])} pruned: {w['trial_seconds']} s / {w['trial_epochs']} "
+                   f"trial-epochs with pruning, {wo['trial_seconds']} s / {wo['trial_epochs']} without; saved "
+                   f"{r['saved_seconds']} s ({r['saved_share']:.1%}), {r['saved_epochs_share']:.1%} of the "
+                   f"trial-epochs. Best with pruning {r['best_with_pruning']}, without {r['best_without_pruning']}. "
+                   f"Written to {OUT}")
     typer.echo("the same trials in the same order under other pruner settings (reports run, share saved, best "
                "value of the trials it lets finish):")
     for row in r["what_if"]:

@@ -78,7 +78,7 @@ class PrunerConfig(Strict):
     min_resource: int = Field(ge=1)  # hyperband: reports every trial gets
     reduction_factor: int = Field(ge=2)  # hyperband
     max_resource: int | None = Field(ge=1)  # hyperband: reports of a full trial; null = the trial's epochs (or folds)
-    bootstrap_count: int = Field(ge=0)  # hyperband: trials a rung needs before it promotes any (0 = promote at once)
+    bootstrap_count: int = Field(ge=0)  # hyperband: the first N trials to reach a rung stop there (its yardstick)
     patience: int | None = Field(ge=1)  # also prune after this many reports without improvement; null = off
     min_delta: float = Field(ge=0.0)
 

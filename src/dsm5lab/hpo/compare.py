@@ -28,28 +28,34 @@ def _totals(trials) -> dict:
 
 # pruner settings what_if plays over the replayed curves (hpo.pruner keys over the study's own)
 CANDIDATES: dict[str, dict] = {
+    "median startup 2 warmup 2": {"type": "median", "n_startup_trials": 2, "n_warmup_steps": 2},
     "median startup 2 warmup 1": {"type": "median", "n_startup_trials": 2, "n_warmup_steps": 1},
     "median startup 2 warmup 0": {"type": "median", "n_startup_trials": 2, "n_warmup_steps": 0},
     "median startup 5 warmup 1": {"type": "median", "n_startup_trials": 5, "n_warmup_steps": 1},
     "median startup 5 warmup 0": {"type": "median", "n_startup_trials": 5, "n_warmup_steps": 0},
     "hyperband rf 3": {"type": "hyperband", "min_resource": 1, "reduction_factor": 3},
+    "hyperband rf 3 bootstrap 3": {"type": "hyperband", "min_resource": 1, "reduction_factor": 3, "bootstrap_count": 3},
     "hyperband rf 2": {"type": "hyperband", "min_resource": 1, "reduction_factor": 2},
-    "hyperband rf 3 bootstrap 2": {"type": "hyperband", "min_resource": 1, "reduction_factor": 3,
-                                   "bootstrap_count": 2},
+    "hyperband rf 2 bootstrap 2": {"type": "hyperband", "min_resource": 1, "reduction_factor": 2, "bootstrap_count": 2},
+    "hyperband rf 4 min 2": {"type": "hyperband", "min_resource": 2, "reduction_factor": 4},
     "median startup 2 warmup 1 + patience 1": {"type": "median", "n_startup_trials": 2, "n_warmup_steps": 1,
                                                "patience": 1},
 }
 
 
-def what_if(params: Params, curves: list[dict[int, float]], finals: list[float],
+def what_if(params: Params, curves: list[dict[int, float]], finals: list[float], study_name: str,
             candidates: dict[str, dict] = CANDIDATES) -> list[dict]:
     """Play each pruner setting over the trials' full curves, in study order: reports (epochs) it would run, the
-    share it saves against running every report, and the best value among the trials it lets finish."""
+    share it saves against running every report, and the best value among the trials it lets finish.
+
+    Each play is an in-memory study named like the real one: Hyperband puts a trial in a bracket by a hash of the
+    study's name and the trial's number, so another name would play other brackets."""
     import optuna
 
     from dsm5lab.config import validate
-    from dsm5lab.hpo.study import make_pruner
+    from dsm5lab.hpo.study import _trial_epochs, make_pruner
 
+    st.quiet_optuna()
     sign = 1 if params.hpo.objectives[0].direction == "maximize" else -1
     full = sum(len(c) for c in curves)
     best = max(finals, key=lambda v: sign * v)
@@ -61,15 +67,17 @@ def what_if(params: Params, curves: list[dict[int, float]], finals: list[float],
         for key, value in settings.items():
             dotted.put(raw, f"hpo.pruner.{key}", value)
         pruner = make_pruner(validate(raw, source=f"what_if {label}"))
-        study = optuna.create_study(direction=params.hpo.objectives[0].direction, pruner=pruner)
+        study = optuna.create_study(direction=params.hpo.objectives[0].direction, pruner=pruner,
+                                    study_name=study_name, storage=optuna.storages.InMemoryStorage())
         ran, kept = 0, []
+        last = _trial_epochs(params) - 1  # trial.Reporter never prunes at a trial's last report
         for curve, final in zip(curves, finals):
             trial = study.ask()
             pruned = False
             for step in sorted(curve):
                 trial.report(curve[step], step)
                 ran += 1
-                if trial.should_prune():
+                if step != last and trial.should_prune():
                     pruned = True
                     break
             if pruned:
@@ -141,6 +149,35 @@ def compare_pruning(params: Params, root: Path = Path(".")) -> dict:
     result["saved_epochs_share"] = round(1 - w["trial_epochs"] / wo["trial_epochs"], 4) if wo["trial_epochs"] else 0.0
     result["equal_best"] = result["best_with_pruning"]["value"] == result["best_without_pruning"]["value"]
     result["pruner"] = params.hpo.pruner.model_dump(mode="json")
-    result["what_if"] = what_if(params, [dict(t.intermediate_values) for t in again], [t.values[0] for t in again])
+    from dsm5lab.hpo.study import _trial_epochs
+
+    # what what_if needs to be played again from this file: the objective and a full trial's reports
+    result["objective"] = params.hpo.objectives[0].model_dump(mode="json")
+    result["trial_epochs"] = _trial_epochs(params)
+    curves = [dict(t.intermediate_values) for t in again]
+    result["what_if"] = what_if(params, curves, [t.values[0] for t in again], name)
+    # every trial's full curve and value, so other settings can be played later without training (what_if)
+    result["curves"] = {t.number: {"reports": [round(c[k], 6) for k in sorted(c)], "value": round(r.values[0], 6)}
+                        for t, r, c in zip(done, again, curves)}
     atomic.write_json(root / OUT, result)
     return result
+
+
+def replay_file(path: Path, params: Params) -> dict:
+    """Play the current pruner settings (CANDIDATES) again over a written measurement's curves, without training;
+    rewrites its what_if rows (the study's own setting first) and returns the measurement. The measurement's
+    pruner, objective and trial epochs replace those of `params`."""
+    import json
+
+    try:
+        r = json.loads(Path(path).read_text())
+        raw = params.model_dump(mode="json")
+        raw["hpo"]["pruner"], raw["hpo"]["objectives"] = r["pruner"], [r["objective"]]
+        raw["hpo"]["trial_overrides"] = {"train.epochs": r["trial_epochs"]}
+        curves = [dict(enumerate(c["reports"])) for c in r["curves"].values()]
+        finals = [c["value"] for c in r["curves"].values()]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"--replay: {path}: not a measurement written by `hpo compare-pruning` ({exc})") from None
+    r["what_if"] = what_if(validate(raw, source=str(path)), curves, finals, r["study"])
+    atomic.write_json(Path(path), r)
+    return r

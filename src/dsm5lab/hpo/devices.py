@@ -52,12 +52,18 @@ def resolve(devices, environ: Mapping[str, str], count: Callable[[], int] = coun
     return visible[:n] if ENV in environ and visible else [str(i) for i in range(n)]
 
 
-def plan(hpo: HpoConfig, environ: Mapping[str, str] = os.environ,
-         count: Callable[[], int] = count_gpus) -> list[str | None]:
+def plan(hpo: HpoConfig, environ: Mapping[str, str] = os.environ, count: Callable[[], int] = count_gpus,
+         echo: Callable[[str], None] = lambda line: None) -> list[str | None]:
     """CUDA_VISIBLE_DEVICES per local process (this one first): None leaves it as it is (no GPU found), "" hides
-    every GPU (devices: cpu)."""
+    every GPU (devices: cpu). devices: auto and workers: auto on SQLite (the default storage, one process) use
+    the first GPU only, and say so: the default pipeline must run on a machine with several GPUs too."""
     devs = resolve(hpo.devices, environ, count)
     n = hpo.local_workers(len(devs) if devs else 0)
+    sqlite = hpo.storage is None or hpo.storage.startswith("sqlite")
+    if devs and n > 1 and sqlite and hpo.devices == "auto" and hpo.workers == "auto":
+        echo(f"hpo: {len(devs)} GPUs, but the SQLite storage serves one process: trials run on {ENV}={devs[0]} "
+             "only; hpo.storage: journal:stages/hpo/storage/journal.log runs one per GPU")
+        n = 1
     try:
         check_workers_storage(hpo.storage, n)
     except ValueError as exc:

@@ -243,7 +243,7 @@ def run(params: Params, root: Path = Path("."), echo: Echo = _quiet) -> dict:
     _check_backbones(params)
     from dsm5lab.hpo import devices, warm
 
-    plan = devices.plan(params.hpo)  # before anything here starts CUDA
+    plan = devices.plan(params.hpo, echo=echo)  # before anything here starts CUDA
     url = storage_url(params, root)
     name, fp, data = study_identity(params, root / layout.PREPARED)
     earlier = warm.earlier_best(params, url, name)

@@ -71,9 +71,10 @@ def nan_pruned(trial, reported: list[float], where: str):
 class Reporter:
     """fit()'s on_validation hook: report the metric, prune, and stop at the per-trial deadline."""
 
-    def __init__(self, trial, metric: str, report: bool, deadline: float | None, offset: int = 0):
+    def __init__(self, trial, metric: str, report: bool, deadline: float | None, offset: int = 0,
+                 last: int | None = None):
         self.trial, self.metric, self.report, self.deadline = trial, metric, report, deadline
-        self.n, self.offset, self.epochs = 0, offset, 0.0
+        self.n, self.offset, self.epochs, self.last = 0, offset, 0.0, last
         self.reported: list[float] = []
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
@@ -90,7 +91,9 @@ class Reporter:
         nan = nan_pruned(self.trial, self.reported, f"report {self.offset + self.n - 1}")
         if nan is not None:
             raise nan
-        if self.report and self.trial.should_prune():
+        # the trial's last report (`last`, 0-based) has no compute left to save: pruning there would only throw
+        # away a finished trial's value (cross-validation skips its last fold the same way)
+        if self.report and self.offset + self.n - 1 != self.last and self.trial.should_prune():
             self.trial.set_user_attr("stop_reason", "pruned")
             raise optuna.TrialPruned(f"pruned at report {self.offset + self.n - 1}")
 
@@ -148,7 +151,7 @@ def run_trial(trial, ctx: StudyContext) -> float | list[float]:
     with Tracker(settings) as tracker:
         tracker.log_params({**values, "optuna.trial": trial.number})
         for k, (name, train_ids, val_ids) in enumerate(plan):
-            reporter = Reporter(trial, metric, report=report and not cv, deadline=deadline)
+            reporter = Reporter(trial, metric, report=report and not cv, deadline=deadline, last=tp.train.epochs - 1)
             child = tracker.child(f"{settings.run_name}/{name}") if cv else None
             paths = RunPaths(prepared=prepared, checkpoints=run_dir / name if cv else run_dir)
             try:
