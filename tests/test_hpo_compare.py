@@ -69,7 +69,9 @@ def test_a_committed_pruning_measurement_replays_from_its_own_curves(path):
     raw["hpo"]["trial_overrides"] = {"train.epochs": r["trial_epochs"]}
     curves = [dict(enumerate(c["reports"])) for c in r["curves"].values()]
     finals = [c["value"] for c in r["curves"].values()]
-    rows = what_if(validate(raw), curves, finals, r["study"], {row["pruner"]: row["settings"] for row in r["what_if"][1:]})
+    lasts = [c.get("last", r["trial_epochs"] - 1) for c in r["curves"].values()]
+    rows = what_if(validate(raw), curves, finals, r["study"], {row["pruner"]: row["settings"] for row in r["what_if"][1:]},
+                   lasts=lasts, numbers=[int(n) for n in r["curves"]])
     assert rows == r["what_if"]
     own = rows[0]
     assert own["reports_run"] == r["with_pruning"]["trial_epochs"]
@@ -99,3 +101,29 @@ def test_the_readme_tuning_table_is_the_committed_tuning_measurements():
         for row in json.loads(path.read_text())["what_if"][1:]:
             (line,) = [x for x in lines if x.startswith(f"| {row['pruner']} |")]
             assert f"{row['saved_share']:.1%} {'kept' if row['keeps_best'] else 'lost'}" in line, (path.name, line)
+
+
+def test_what_if_keeps_each_trial_s_own_last_report_and_its_number():
+    """A trial of 2 epochs (train.epochs searched) is not pruned at its second report, which is its last; the play
+    numbers trials as the study did (a failed trial leaves a gap), since Hyperband's brackets hash the number."""
+    import optuna
+
+    params = validate(default_params())
+    curves = [{0: 0.5, 1: 0.6, 2: 0.7}, {0: 0.55, 1: 0.65, 2: 0.72}, {0: 0.1, 1: 0.1}]
+    setting = {"median": {"type": "median", "n_startup_trials": 2, "n_warmup_steps": 1}}
+    short = what_if(params, curves, [0.7, 0.72, 0.1], "s", setting, lasts=[2, 2, 1])
+    assert short[1]["pruned"] == 0 and short[1]["reports_run"] == 8
+    assert what_if(params, curves, [0.7, 0.72, 0.1], "s", setting, lasts=[2, 2, 2])[1]["pruned"] == 1
+    seen, real_ask = [], optuna.Study.ask
+
+    def recording_ask(self, *args, **kwargs):
+        trial = real_ask(self, *args, **kwargs)
+        seen.append(trial.number)
+        return trial
+
+    optuna.Study.ask = recording_ask
+    try:
+        what_if(params, curves, [0.7, 0.72, 0.1], "s", setting, numbers=[0, 1, 4])
+    finally:
+        optuna.Study.ask = real_ask
+    assert seen == [0, 1, 2, 3, 4] * 2  # each play (own, median): 2 and 3 asked and failed, then trial 4

@@ -47,7 +47,7 @@ def test_coarse_then_fine_runs_the_coarse_best_trials_first(tmp_path, monkeypatc
             assert new.params["train.learning_rate"] == old.params["train.learning_rate"]
         else:  # out of the new range: the sampler chose, inside it
             assert new.params["train.learning_rate"] != old.params["train.learning_rate"]
-            assert "left to the sampler: train.learning_rate" in result.output
+            assert "not carried over: train.learning_rate" in result.output
     assert "warm_start" not in trials[2].user_attrs  # then the sampler
     # resuming with a bigger budget does not enqueue them again
     assert cli("hpo", "run", "--warm-start", coarse.study_name, "--set", "hpo.n_trials=4").exit_code == 0
@@ -92,7 +92,39 @@ def test_the_earlier_best_trials_by_direction_and_what_a_new_space_can_take():
     space = {"lr": Dist(type="float", low=1.5e-3, high=1e-2, log=True),
              "bs": Dist(type="categorical", choices=[8, 16]),
              "drop": Dist(type="float", low=0.0, high=0.3, step=0.1)}
-    assert fitted({"lr": 2e-3, "bs": 16, "old": 1}, space) == ({"lr": 2e-3, "bs": 16}, ["old"])
-    assert fitted({"lr": 1e-3, "bs": 32}, space) == ({}, ["bs", "lr"])
+    assert fitted({"lr": 2e-3, "bs": 16, "old": 1}, space, {}) == ({"lr": 2e-3, "bs": 16}, ["old"])
+    assert fitted({"lr": 1e-3, "bs": 32}, space, {}) == ({}, ["bs", "lr"])
     assert contains(space["drop"], 0.2) and not contains(space["drop"], 0.25)
     assert not contains(space["bs"], True) and not contains(space["lr"], "x")
+
+
+def test_a_conditional_value_is_carried_only_where_its_condition_is_settled_and_holds():
+    """Coarse `full` (loss hybrid, gamma 2.0) to a space without hybrid: the loss is re-sampled, so the gamma that
+    depended on it must not be fixed onto whatever loss the sampler picks."""
+    space = {"loss": Dist(type="categorical", choices=["bce", "focal"]),
+             "gamma": Dist(type="float", low=0.5, high=4.0, when={"loss": ["focal", "hybrid"]})}
+    assert fitted({"loss": "hybrid", "gamma": 2.0}, space, {}) == ({}, ["gamma", "loss"])
+    assert fitted({"loss": "focal", "gamma": 2.0}, space, {}) == ({"loss": "focal", "gamma": 2.0}, [])
+    assert fitted({"loss": "bce", "gamma": 2.0}, space, {}) == ({"loss": "bce"}, ["gamma"])  # inactive there
+    fixed = {"gamma": space["gamma"]}  # the loss is fixed by params.yaml (the base), not searched
+    assert fitted({"loss": "focal", "gamma": 2.0}, fixed, {"loss": "bce"}) == ({}, ["gamma", "loss"])
+    assert fitted({"loss": "focal", "gamma": 2.0}, fixed, {"loss": "focal"}) == ({"gamma": 2.0}, ["loss"])
+
+
+def test_a_study_stored_before_the_new_hpo_keys_still_loads(tmp_path):
+    """A PostgreSQL study created by an older commit stores params without hpo.devices, warm_start and the
+    Hyperband keys: `hpo worker` and `hpo export` must still join and read it."""
+    from conftest import default_params
+    from dsm5lab.config import validate
+    from dsm5lab.errors import UserError
+    from dsm5lab.hpo.study import ADDED_KEYS, stored_params
+
+    raw = default_params()
+    for section, key in (("hpo", "devices"), ("hpo", "warm_start")):
+        del raw[section][key]
+    del raw["hpo"]["pruner"]["max_resource"], raw["hpo"]["pruner"]["bootstrap_count"]
+    with pytest.raises(UserError, match="missing key 'hpo.devices'"):
+        validate(raw)
+    params = validate(stored_params(raw))
+    assert params.hpo.devices == ADDED_KEYS["hpo.devices"] and params.hpo.warm_start.study is None
+    assert validate(stored_params(default_params())) == validate(default_params())  # present keys stay as they are

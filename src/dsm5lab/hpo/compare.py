@@ -44,12 +44,16 @@ CANDIDATES: dict[str, dict] = {
 
 
 def what_if(params: Params, curves: list[dict[int, float]], finals: list[float], study_name: str,
-            candidates: dict[str, dict] = CANDIDATES) -> list[dict]:
+            candidates: dict[str, dict] = CANDIDATES, lasts: list[int] | None = None,
+            numbers: list[int] | None = None) -> list[dict]:
     """Play each pruner setting over the trials' full curves, in study order: reports (epochs) it would run, the
     share it saves against running every report, and the best value among the trials it lets finish.
 
-    Each play is an in-memory study named like the real one: Hyperband puts a trial in a bracket by a hash of the
-    study's name and the trial's number, so another name would play other brackets."""
+    `lasts`: each trial's last possible report (its epochs, or folds in cross-validation, less one), where it is
+    never pruned (default: the study's trial epochs); `numbers`: the trials' numbers in the study (default 0..n-1).
+    Each play is an in-memory study named like the real one, its trials numbered as there (a gap, such as a failed
+    trial, is a failed trial): Hyperband puts a trial in a bracket by a hash of the study's name and the trial's
+    number, so another name or number would play other brackets."""
     import optuna
 
     from dsm5lab.config import validate
@@ -70,14 +74,16 @@ def what_if(params: Params, curves: list[dict[int, float]], finals: list[float],
         study = optuna.create_study(direction=params.hpo.objectives[0].direction, pruner=pruner,
                                     study_name=study_name, storage=optuna.storages.InMemoryStorage())
         ran, kept = 0, []
-        last = _trial_epochs(params) - 1  # trial.Reporter never prunes at a trial's last report
-        for curve, final in zip(curves, finals):
+        for curve, final, last, number in zip(curves, finals, lasts or [_trial_epochs(params) - 1] * len(curves),
+                                              numbers or range(len(curves))):
+            while len(study.trials) < number:
+                study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
             trial = study.ask()
             pruned = False
             for step in sorted(curve):
                 trial.report(curve[step], step)
                 ran += 1
-                if step != last and trial.should_prune():
+                if step != last and trial.should_prune():  # trial.run_trial never prunes at the last report
                     pruned = True
                     break
             if pruned:
@@ -155,10 +161,13 @@ def compare_pruning(params: Params, root: Path = Path(".")) -> dict:
     result["objective"] = params.hpo.objectives[0].model_dump(mode="json")
     result["trial_epochs"] = _trial_epochs(params)
     curves = [dict(t.intermediate_values) for t in again]
-    result["what_if"] = what_if(params, curves, [t.values[0] for t in again], name)
-    # every trial's full curve and value, so other settings can be played later without training (what_if)
-    result["curves"] = {t.number: {"reports": [round(c[k], 6) for k in sorted(c)], "value": round(r.values[0], 6)}
-                        for t, r, c in zip(done, again, curves)}
+    folds = (params.hpo.cv.folds or params.prepare.n_folds) if params.hpo.cv.enabled else None
+    lasts = [(folds or int(t.user_attrs["epochs_planned"])) - 1 for t in again]  # per trial: epochs may be searched
+    result["what_if"] = what_if(params, curves, [t.values[0] for t in again], name, lasts=lasts,
+                                numbers=[t.number for t in done])
+    # every trial's full curve, value and last report, so other settings can be played later without training
+    result["curves"] = {t.number: {"reports": [round(c[k], 6) for k in sorted(c)], "value": round(r.values[0], 6),
+                                   "last": last} for t, r, c, last in zip(done, again, curves, lasts)}
     atomic.write_json(root / OUT, result)
     return result
 
@@ -176,8 +185,10 @@ def replay_file(path: Path, params: Params) -> dict:
         raw["hpo"]["trial_overrides"] = {"train.epochs": r["trial_epochs"]}
         curves = [dict(enumerate(c["reports"])) for c in r["curves"].values()]
         finals = [c["value"] for c in r["curves"].values()]
+        lasts = [c.get("last", r["trial_epochs"] - 1) for c in r["curves"].values()]
+        numbers = [int(n) for n in r["curves"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"--replay: {path}: not a measurement written by `hpo compare-pruning` ({exc})") from None
-    r["what_if"] = what_if(validate(raw, source=str(path)), curves, finals, r["study"])
+    r["what_if"] = what_if(validate(raw, source=str(path)), curves, finals, r["study"], lasts=lasts, numbers=numbers)
     atomic.write_json(Path(path), r)
     return r

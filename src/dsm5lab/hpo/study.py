@@ -451,4 +451,25 @@ def load_from_storage(url: str, name: str):
     except KeyError:
         raise _no_study(storage, name) from None
     raw = study.user_attrs.get(PARAMS_ATTR)
-    return study, (validate(raw, source=f"study {name} params") if raw else None)
+    return study, (validate(stored_params(raw), source=f"study {name} params") if raw else None)
+
+
+# keys added to the hpo section after studies were already stored (params of a study created by an older commit
+# lack them), with the value that keeps such a study running as it was
+ADDED_KEYS = {"hpo.devices": "auto", "hpo.warm_start": {"study": None, "storage": None, "n_best": 5},
+              "hpo.pruner.max_resource": None, "hpo.pruner.bootstrap_count": 0}
+
+
+def stored_params(raw: dict) -> dict:
+    """A study's stored params with the keys added since it was stored filled in (ADDED_KEYS)."""
+    import copy
+
+    from dsm5lab import dotted
+
+    raw = copy.deepcopy(raw)
+    for key, value in ADDED_KEYS.items():
+        try:
+            dotted.get(raw, key)
+        except KeyError:
+            dotted.put(raw, key, copy.deepcopy(value))
+    return raw

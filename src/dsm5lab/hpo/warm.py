@@ -2,8 +2,9 @@
 
 Coarse-then-fine is `hpo.warm_start.study: <coarse study>` (or `dsm5lab hpo run --warm-start NAME`)
 with a narrower space or a bigger budget. Each of the earlier study's best complete trials is
-enqueued with the values the new space can take: a key the new space does not search, or a value
-outside its new range, is left to the sampler. The warm start is part of the study's definition, so
+enqueued with the values the new space can take: a value outside its new range, or a key whose
+condition (`when`) is not settled, is left to the sampler, and a key it does not search is fixed by
+params.yaml as usual. The warm start is part of the study's definition, so
 naming one starts a new study, and it is enqueued once, when that study is created.
 """
 
@@ -48,9 +49,22 @@ def best_trials(study, n: int) -> list:
     return sorted(done, key=lambda t: (sign * t.values[0], t.number))[:n]
 
 
-def fitted(params_of_trial: dict[str, Any], space: dict[str, Dist]) -> tuple[dict[str, Any], list[str]]:
-    """The values of an earlier trial the new space can take, in the space's order, and the keys left out."""
-    kept = {k: params_of_trial[k] for k, d in space.items() if k in params_of_trial and contains(d, params_of_trial[k])}
+def fitted(params_of_trial: dict[str, Any], space: dict[str, Dist],
+           base: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The values of an earlier trial the new space can take, in the space's order, and the keys not carried over.
+
+    A conditional key (`when`) is carried only when its conditions are settled and hold: by a value carried before
+    it, or by the fixed params (`base`) for a key the new space does not search. A condition on a searched key
+    left to the sampler is unknown here, so the key that depends on it is left to the sampler too."""
+    from dsm5lab.hpo.space import active
+
+    kept: dict[str, Any] = {}
+    for key, dist in space.items():
+        if key not in params_of_trial or not contains(dist, params_of_trial[key]):
+            continue
+        if any(c in space and c not in kept for c in dist.when or {}) or not active(dist, kept, base):
+            continue
+        kept[key] = params_of_trial[key]
     return kept, sorted(set(params_of_trial) - set(kept))
 
 
@@ -82,16 +96,20 @@ def enqueue(study, picked: list, params: Params, echo: Callable[[str], None]) ->
     ws = params.hpo.warm_start
     if not picked or study.user_attrs.get(WARM_ATTR) is not None:
         return 0
+    from dsm5lab.hpo.space import base_values
+
+    base = base_values(params)
     enqueued, seen = [], []
     for t in picked:
-        values, dropped = fitted(t.params, params.hpo.search_space)
-        if values in seen:  # two earlier trials that differ only in keys the new space does not search
+        values, dropped = fitted(t.params, params.hpo.search_space, base)
+        if not values or values in seen:  # nothing the new space takes, or the same as a better trial's
             continue
         seen.append(values)
+        # skip_if_exists: a run stopped part-way through (before WARM_ATTR is set) must not enqueue twice
         study.enqueue_trial(values, user_attrs={"warm_start": {"study": ws.study, "trial": t.number,
-                                                                "values": list(t.values)}})
+                                                                "values": list(t.values)}}, skip_if_exists=True)
         enqueued.append(t.number)
-        left = f"; left to the sampler: {', '.join(dropped)}" if dropped else ""
+        left = f"; not carried over: {', '.join(dropped)}" if dropped else ""
         echo(f"hpo: warm start: enqueued trial {t.number} of {ws.study} (value "
              f"{', '.join(f'{v:.4f}' for v in t.values)}){left}")
     study.set_user_attr(WARM_ATTR, {"study": ws.study, "trials": enqueued})
