@@ -516,3 +516,20 @@ def test_each_trial_leaves_one_line_with_state_value_params_and_seconds():
                                        intermediate_values={0: 0.3, 1: 0.25})
     line = trial_line(pruned, optuna.trial.TrialState.PRUNED)
     assert "PRUNED at report 1: value 0.2500 (last report)" in line
+
+
+def test_create_only_makes_the_study_for_remote_workers_and_runs_nothing(tmp_path, monkeypatch, cli):
+    """`STUDY=$(dsm5lab hpo run --create-only ...)` as the README's Slurm recipe does it."""
+    root = make_project(tmp_path / "p", n_trials=2)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("CI", "true")
+    result = cli("hpo", "run", "--create-only")
+    assert result.exit_code == 0, result.output
+    study = load_study(root)
+    assert result.stdout.strip() == study.study_name and study.trials == []
+    assert study.user_attrs["dsm5lab:params"]["hpo"]["n_trials"] == 2  # what the workers will run from
+    assert not (root / "reports/hpo").exists() and not (root / "metrics/hpo.json").exists()
+    off = cli("hpo", "run", "--create-only", "--set", "hpo.enabled=false")
+    assert off.exit_code != 0 and off.output.strip() == \
+        "error: hpo.enabled: false: there is no study to create (--create-only)"
+    assert not (root / "reports/hpo").exists()  # nor the disabled stage's empty outputs

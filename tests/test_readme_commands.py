@@ -133,7 +133,7 @@ def readme_overrides() -> list[tuple[str, str]]:
     """(key, value) of every `-S key=value` / `--set key=value` in README code; a DVC grid (a,b) gives each value."""
     found = []
     for span in code_spans(README):
-        for m in re.finditer(r"(?:-S|--set)\s+'?([a-z_][\w.]*)=([^\s']+)'?", span):
+        for m in re.finditer(r"(?:-S|--set)\s+'?([a-z_][\w.]*)=([^\s')]+)'?", span):
             key, value = m.groups()
             if value.startswith("$") or key == "key":  # a shell variable or `key=value` stands for the user's own
                 continue

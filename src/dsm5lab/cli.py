@@ -379,12 +379,18 @@ def hpo_run(
     warm_start: Annotated[str | None, typer.Option(
         "--warm-start", metavar="STUDY", help="run the best trials of this earlier study first (a new study; "
         "as --set hpo.warm_start.study=STUDY, which a DVC run should use instead).")] = None,
+    create_only: Annotated[bool, typer.Option(
+        "--create-only", help="create (or refresh) the study and print its name, for `hpo worker`s on other "
+        "machines; run no trial and write no output.")] = False,
 ) -> None:
     """The hpo stage: create or resume the study, run trials to hpo.n_trials, write best params and reports."""
     from dsm5lab.hpo import study
 
     overrides = [*(set_ or []), *([f"hpo.warm_start.study={warm_start}"] if warm_start else [])]
-    metrics = study.run(_load_pinned(params, overrides), Path("."), echo=_err)
+    metrics = study.run(_load_pinned(params, overrides), Path("."), echo=_err, create_only=create_only)
+    if create_only:
+        typer.echo(metrics["study"])  # alone on stdout, for STUDY=$(dsm5lab hpo run --create-only ...)
+        return
     if metrics.get("enabled") is False:
         typer.echo("hpo: disabled (hpo.enabled: false); wrote empty outputs, and train uses params.yaml's values")
         return

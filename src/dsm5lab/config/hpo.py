@@ -107,7 +107,8 @@ class WarmStartConfig(Strict):
     n_best: int = Field(ge=1)  # its best complete trials to enqueue (the Pareto front with several objectives)
 
 
-# a CUDA_VISIBLE_DEVICES entry: an index as nvidia-smi counts, or a GPU/MIG UUID
+# a CUDA_VISIBLE_DEVICES entry: an index in CUDA's order (nvidia-smi's only with CUDA_DEVICE_ORDER=PCI_BUS_ID on
+# mixed-GPU machines), or a GPU/MIG UUID
 Device = Annotated[int, Field(ge=0)] | Annotated[str, Field(pattern=r"^(GPU|MIG)-[A-Za-z0-9/-]+$")]
 
 

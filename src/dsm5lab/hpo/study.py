@@ -229,8 +229,10 @@ def _no_study(storage, name: str) -> UserError:
     return UserError(f"--study: no study {name!r} in this storage (studies there: {names})")
 
 
-def run(params: Params, root: Path = Path("."), echo: Echo = _quiet) -> dict:
-    """The `hpo` stage: resume or create the study, run it with hpo.workers processes, write the outputs."""
+def run(params: Params, root: Path = Path("."), echo: Echo = _quiet, create_only: bool = False) -> dict:
+    """The `hpo` stage: resume or create the study, run it with hpo.workers processes, write the outputs.
+    `create_only`: create (or refresh) the study and enqueue its warm start, for `hpo worker`s elsewhere to run;
+    no trial here, no output written."""
     from contextlib import nullcontext
 
     from dsm5lab.hpo import report
@@ -238,6 +240,8 @@ def run(params: Params, root: Path = Path("."), echo: Echo = _quiet) -> dict:
 
     root = Path(root)
     if not params.hpo.enabled:
+        if create_only:
+            raise UserError("hpo.enabled: false: there is no study to create (--create-only)")
         return report.write_disabled(root)
     _check_objectives(params)
     _check_backbones(params)
@@ -251,11 +255,11 @@ def run(params: Params, root: Path = Path("."), echo: Echo = _quiet) -> dict:
     # the same outputs; a PostgreSQL study is meant for many processes (`hpo worker` joins a file-backed one)
     one = st.is_sqlite(url) or url.startswith(st.JOURNAL)
     with project_lock(root, f"hpo-{name}", f"dsm5lab hpo run (study {name})") if one else nullcontext():
-        return _run_study(params, root, url, (name, fp, data), (plan, earlier), echo)
+        return _run_study(params, root, url, (name, fp, data), (plan, earlier), echo, create_only)
 
 
 def _run_study(params: Params, root: Path, url: str, identity: tuple[str, str, str], start: tuple[list, list],
-               echo: Echo) -> dict:
+               echo: Echo, create_only: bool = False) -> dict:
     """`start`: CUDA_VISIBLE_DEVICES per local process (devices.plan), the earlier trials to run first (warm)."""
     from dsm5lab.hpo import devices, report, warm
     from dsm5lab.tracking import Tracker, TrackingSettings
@@ -276,6 +280,8 @@ def _run_study(params: Params, root: Path, url: str, identity: tuple[str, str, s
         echo(f"hpo: failed stale trial(s) {swept} left RUNNING by a dead worker")
     echo(f"hpo: study {name} in {st.redact(url)}")
     warm.enqueue(study, earlier, params, echo)
+    if create_only:
+        return {"study": name, "finished": st.finished_count(study), "n_trials": params.hpo.n_trials}
     if any(d is not None for d in plan):
         echo(f"hpo: {len(plan)} local process(es), {devices.ENV}: " + ", ".join(repr(d) for d in plan))
     devices.use(plan[0])
