@@ -16,15 +16,22 @@ from typing import Any
 from dsm5lab.errors import UserError
 
 
+def _read_umask() -> int:
+    umask = os.umask(0)  # the only portable way to read it; done once, at import, before any thread starts
+    os.umask(umask)
+    return umask
+
+
+UMASK = _read_umask()
+
+
 @contextmanager
 def staged_dir(target: Path) -> Iterator[Path]:
     """Yield an empty sibling temp dir; on success it replaces `target`, on error it is removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the output's permissions
+    tmp.chmod(0o777 & ~UMASK)  # mkdtemp's 0700 would otherwise become the output's permissions
     try:
         yield tmp
     except BaseException:
@@ -52,6 +59,7 @@ def write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~UMASK)  # as open() would make it: mkstemp's 0600 would hide it from the group
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
             fh.write(text)
             fh.flush()
