@@ -8,7 +8,7 @@ import pytest
 
 from conftest import default_params
 from dsm5lab.config import validate
-from dsm5lab.hpo.compare import what_if
+from dsm5lab.hpo.compare import play_inputs, what_if
 from hpo_helpers import make_project, tiny_params
 
 
@@ -63,16 +63,10 @@ def test_a_committed_pruning_measurement_replays_from_its_own_curves(path):
     """Each committed measurement carries every trial's full curve: the study's own pruner played over them must
     give what the study measured, and every what-if row must be what the code gives today (not a stale table)."""
     r = json.loads(path.read_text())
-    raw = default_params()
-    raw["hpo"]["pruner"] = r["pruner"]
-    raw["hpo"]["objectives"] = [r["objective"]]
-    raw["hpo"]["trial_overrides"] = {"train.epochs": r["trial_epochs"]}
-    curves = [dict(enumerate(c["reports"])) for c in r["curves"].values()]
-    finals = [c["value"] for c in r["curves"].values()]
-    lasts = [c.get("last", r["trial_epochs"] - 1) for c in r["curves"].values()]
-    rows = what_if(validate(raw), curves, finals, r["study"], {row["pruner"]: row["settings"] for row in r["what_if"][1:]},
-                   lasts=lasts, numbers=[int(n) for n in r["curves"]])
+    inputs = play_inputs(r, validate(default_params()))
+    rows = what_if(**inputs, candidates={row["pruner"]: row["settings"] for row in r["what_if"][1:]})
     assert rows == r["what_if"]
+    curves = inputs["curves"]
     own = rows[0]
     assert own["reports_run"] == r["with_pruning"]["trial_epochs"]
     if path.parent.name == "hpo_pruning_tuning":  # measured before trials stopped pruning at their last report,
@@ -127,3 +121,21 @@ def test_what_if_keeps_each_trial_s_own_last_report_and_its_number():
     finally:
         optuna.Study.ask = real_ask
     assert seen == [0, 1, 2, 3, 4] * 2  # each play (own, median): 2 and 3 asked and failed, then trial 4
+
+
+def test_replay_plays_today_s_settings_over_a_written_measurement(workdir, cli):
+    """`compare-pruning --replay FILE` rewrites the what-if rows from the file's curves alone (no training)."""
+    from conftest import ROOT
+
+    committed = ROOT / "reports/bench/hpo_pruning_tuning/c-hyperband-rf2-b2.json"
+    r = json.loads(committed.read_text())
+    stale = {**r, "what_if": []}
+    (workdir / "m.json").write_text(json.dumps(stale))
+    result = cli("hpo", "compare-pruning", "--replay", "m.json")
+    assert result.exit_code == 0, result.output
+    assert json.loads((workdir / "m.json").read_text())["what_if"] == r["what_if"]
+    (workdir / "bad.json").write_text('{"study": "s"}')
+    bad = cli("hpo", "compare-pruning", "--replay", "bad.json")
+    assert bad.exit_code != 0 and bad.output.strip().splitlines() == [
+        "error: --replay: bad.json: not a measurement written by `hpo compare-pruning` ('pruner')"]
+    assert json.loads((workdir / "bad.json").read_text()) == {"study": "s"}  # left as it was

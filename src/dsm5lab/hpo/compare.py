@@ -56,7 +56,6 @@ def what_if(params: Params, curves: list[dict[int, float]], finals: list[float],
     number, so another name or number would play other brackets."""
     import optuna
 
-    from dsm5lab.config import validate
     from dsm5lab.hpo.study import _trial_epochs, make_pruner
 
     st.quiet_optuna()
@@ -103,7 +102,7 @@ def compare_pruning(params: Params, root: Path = Path(".")) -> dict:
     """Replay the hpo stage's study without pruning; returns (and writes) the comparison."""
     import optuna
 
-    from dsm5lab.hpo.study import storage_url
+    from dsm5lab.hpo.study import _trial_epochs, storage_url
 
     root = Path(root)
     url = storage_url(params, root)
@@ -155,8 +154,6 @@ def compare_pruning(params: Params, root: Path = Path(".")) -> dict:
     result["saved_epochs_share"] = round(1 - w["trial_epochs"] / wo["trial_epochs"], 4) if wo["trial_epochs"] else 0.0
     result["equal_best"] = result["best_with_pruning"]["value"] == result["best_without_pruning"]["value"]
     result["pruner"] = params.hpo.pruner.model_dump(mode="json")
-    from dsm5lab.hpo.study import _trial_epochs
-
     # what what_if needs to be played again from this file: the objective and a full trial's reports
     result["objective"] = params.hpo.objectives[0].model_dump(mode="json")
     result["trial_epochs"] = _trial_epochs(params)
@@ -172,6 +169,20 @@ def compare_pruning(params: Params, root: Path = Path(".")) -> dict:
     return result
 
 
+def play_inputs(r: dict, params: Params) -> dict:
+    """what_if's arguments (less the candidates) from a written measurement `r`: its study's name, curves, values,
+    last reports and trial numbers, and `params` with its pruner, objective and trial epochs."""
+    raw = params.model_dump(mode="json")
+    raw["hpo"]["pruner"], raw["hpo"]["objectives"] = r["pruner"], [r["objective"]]
+    raw["hpo"]["trial_overrides"] = {"train.epochs": r["trial_epochs"]}
+    trials = r["curves"]
+    return {"params": validate(raw, source=f"measurement of {r['study']}"), "study_name": r["study"],
+            "curves": [dict(enumerate(c["reports"])) for c in trials.values()],
+            "finals": [c["value"] for c in trials.values()],
+            "lasts": [c.get("last", r["trial_epochs"] - 1) for c in trials.values()],  # older files: one for all
+            "numbers": [int(n) for n in trials]}
+
+
 def replay_file(path: Path, params: Params) -> dict:
     """Play the current pruner settings (CANDIDATES) again over a written measurement's curves, without training;
     rewrites its what_if rows (the study's own setting first) and returns the measurement. The measurement's
@@ -180,15 +191,9 @@ def replay_file(path: Path, params: Params) -> dict:
 
     try:
         r = json.loads(Path(path).read_text())
-        raw = params.model_dump(mode="json")
-        raw["hpo"]["pruner"], raw["hpo"]["objectives"] = r["pruner"], [r["objective"]]
-        raw["hpo"]["trial_overrides"] = {"train.epochs": r["trial_epochs"]}
-        curves = [dict(enumerate(c["reports"])) for c in r["curves"].values()]
-        finals = [c["value"] for c in r["curves"].values()]
-        lasts = [c.get("last", r["trial_epochs"] - 1) for c in r["curves"].values()]
-        numbers = [int(n) for n in r["curves"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        inputs = play_inputs(r, params)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"--replay: {path}: not a measurement written by `hpo compare-pruning` ({exc})") from None
-    r["what_if"] = what_if(validate(raw, source=str(path)), curves, finals, r["study"], lasts=lasts, numbers=numbers)
+    r["what_if"] = what_if(**inputs)
     atomic.write_json(Path(path), r)
     return r
