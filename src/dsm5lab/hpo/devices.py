@@ -15,6 +15,7 @@ from typing import Callable, Mapping
 
 from dsm5lab.config.hpo import HpoConfig, check_workers_storage
 from dsm5lab.errors import UserError
+from dsm5lab.hpo import storage as st
 
 ENV = "CUDA_VISIBLE_DEVICES"
 COUNT_TIMEOUT_S = 120
@@ -59,8 +60,7 @@ def plan(hpo: HpoConfig, environ: Mapping[str, str] = os.environ, count: Callabl
     the first GPU only, and say so: the default pipeline must run on a machine with several GPUs too."""
     devs = resolve(hpo.devices, environ, count)
     n = hpo.local_workers(len(devs) if devs else 0)
-    sqlite = hpo.storage is None or hpo.storage.startswith("sqlite")
-    if devs and n > 1 and sqlite and hpo.devices == "auto" and hpo.workers == "auto":
+    if devs and n > 1 and st.is_sqlite(st.resolve(hpo.storage)) and hpo.devices == "auto" and hpo.workers == "auto":
         echo(f"hpo: {len(devs)} GPUs, but the SQLite storage serves one process: trials run on {ENV}={devs[0]} "
              "only; hpo.storage: journal:stages/hpo/storage/journal.log runs one per GPU")
         n = 1
@@ -96,8 +96,3 @@ def parse(option: str) -> str:
     except ValidationError:
         raise UserError(f"--device: {option!r} is not a device (allowed: cpu, an index such as 0, "
                         "or a GPU-/MIG- UUID as nvidia-smi -L prints)") from None
-
-
-def seen() -> str | None:
-    """What this process was given (for the trial's worker tag)."""
-    return os.environ.get(ENV)
