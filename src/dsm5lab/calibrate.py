@@ -61,9 +61,8 @@ def measure(params: Params, root: Path, gate: GateFile, seeds: list[int]) -> dic
 
 def _run_seeds(params: Params, scratch: Path, seeds: list[int], values: dict) -> None:
     from dsm5lab.evaluation import stage as evaluate
-    from dsm5lab.training import stage as train
-
     from dsm5lab.evaluation.spread import scratch_params
+    from dsm5lab.training import stage as train
 
     for seed in progress(seeds, desc="gate calibrate: seeds"):
         p = scratch_params(params, scratch, f"seed={seed}")  # checkpoints and MLflow inside the scratch copy
