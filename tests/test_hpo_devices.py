@@ -87,6 +87,11 @@ def test_gpus_are_counted_in_a_child_process_and_not_at_all_on_a_cpu_torch(monke
     monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd) or types.SimpleNamespace(
         returncode=0, stdout="3\n"))
     assert devices.count_gpus() == 3 and calls[0][0] == sys.executable  # counted in another process
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: types.SimpleNamespace(
+        returncode=1, stdout="", stderr="Traceback ...\nRuntimeError: CUDA driver initialization failed"))
+    with pytest.raises(UserError, match=r"^hpo.devices: auto: counting the GPUs failed \(RuntimeError: CUDA driver "
+                                        r"initialization failed\); list them instead"):
+        devices.count_gpus()  # never a silent fall-back to the CPU
 
 
 def test_a_process_whose_cuda_already_started_cannot_be_moved(monkeypatch):

@@ -34,9 +34,14 @@ def count_gpus() -> int:
         raise UserError(f"hpo.devices: auto: counting the GPUs took over {COUNT_TIMEOUT_S} s; "
                         "list them instead (e.g. hpo.devices: [0, 1])") from None
     try:
-        return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else 0
+        if out.returncode == 0:
+            return int(out.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        return 0
+        pass
+    # not a silent CPU run: the trials themselves would then find CUDA, or fail the same way
+    why = (out.stderr.strip().splitlines() or [f"exit code {out.returncode}"])[-1]
+    raise UserError(f"hpo.devices: auto: counting the GPUs failed ({why}); list them instead "
+                    "(e.g. hpo.devices: [0, 1]) or use hpo.devices: cpu")
 
 
 def resolve(devices, environ: Mapping[str, str], count: Callable[[], int] = count_gpus) -> list[str] | None:
