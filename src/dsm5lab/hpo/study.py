@@ -186,6 +186,7 @@ def optimize(study, ctx: StudyContext, echo: Echo = _quiet, orphaned: Callable[[
     turns true at a trial boundary); returns how many trials this process finished."""
     import optuna
 
+    from dsm5lab.hpo.interrupt import TrialBoundaries
     from dsm5lab.training.loop import DivergedError
 
     hpo = ctx.params.hpo
@@ -203,8 +204,10 @@ def optimize(study, ctx: StudyContext, echo: Echo = _quiet, orphaned: Callable[[
         if st.finished_count(study) >= hpo.n_trials or orphaned():
             study.stop()
 
-    study.optimize(lambda trial: run_trial(trial, ctx), n_trials=None, timeout=hpo.timeout_s,
-                   callbacks=[after_trial], catch=(DivergedError, InvalidTrialParams), gc_after_trial=True)
+    with TrialBoundaries() as gate:  # a stop in ask or before a tell would leave a trial RUNNING for good
+        study.optimize(gate.objective(lambda trial: run_trial(trial, ctx)), n_trials=None, timeout=hpo.timeout_s,
+                       callbacks=[after_trial, gate.boundary], catch=(DivergedError, InvalidTrialParams),
+                       gc_after_trial=True)
     return ran
 
 
