@@ -8,15 +8,18 @@ SIGHUP of a local worker). A stop that lands elsewhere leaves the trial RUNNING 
   then raises UnboundLocalError from its `finally` instead of the KeyboardInterrupt (a crash, not a stop).
 Found in CI: a worker's trial had just returned when `hpo run` stopped it.
 
-`TrialBoundaries` holds the stop signals for the whole of `optimize` (their handlers only record them) and lets
-them through inside the objective and at a callback after each tell. Python runs signal handlers in the main
-thread whatever thread the kernel picks, so swapping handlers is reliable where a signal mask (per thread) is
-not. A second stop while one waits acts at once: a storage that hangs must not make Ctrl-C useless.
+`TrialBoundaries` installs one recorder for the stop signals for the whole of `optimize` and opens it inside the
+objective and in the callbacks (the trial already told); while it is closed (ask, tell), a stop runs its real
+handler's side effects at once (cli._on_sigterm marks the exit code, study._watch_parent starts its orphan alarm
+and ignores the kernel's further SIGHUPs) but its KeyboardInterrupt waits for the next opening. A stop whose
+handler is the default action (say SIGHUP to `hpo run`) waits the same way and then unwinds like Ctrl-C, so the
+trial is failed and the workers stopped. A second stop while one waits acts at once: a storage that hangs must
+not make Ctrl-C useless. Python runs signal handlers in the main thread whatever thread the kernel picks, so
+handlers are reliable where a signal mask (per thread) is not.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from collections.abc import Callable
@@ -26,61 +29,89 @@ STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class TrialBoundaries:
-    """`with TrialBoundaries() as gate:` around `study.optimize(gate.objective(f), callbacks=[..., gate.boundary])`."""
+    """`with TrialBoundaries() as gate:` around
+    `study.optimize(gate.objective(f), callbacks=[gate.open, ..., gate.close])`."""
 
     def __init__(self) -> None:
-        self.handlers: dict[int, object] = {}  # the real handlers while held
-        self.waiting: tuple[int, object] | None = None
+        self.handlers: dict[int, object] = {}  # the real handlers, while ours is installed
+        self.opened = True
+        self.waiting: int | None = None  # the signal whose interrupt waits
 
     def __enter__(self) -> TrialBoundaries:
-        self._hold()
+        if threading.current_thread() is not threading.main_thread():
+            return self  # only the main thread may set handlers (a notebook's or a server's worker thread)
+        try:  # open while installing: a stop now acts as it would have
+            for sig in STOPS:
+                real = signal.getsignal(sig)
+                if real in (signal.SIG_IGN, None):  # ignored, or set outside Python: leave it
+                    continue
+                self.handlers[sig] = real
+                signal.signal(sig, self._on_stop)
+        except BaseException:
+            self._restore()
+            raise
+        self.opened = False
         return self
 
     def __exit__(self, kind, exc, tb) -> None:
-        # a stop that waited acts here (raises); an error already on its way ends the run by itself
-        self._release(act=kind is None)
+        self.opened = True
+        waiting, self.waiting = self.waiting, None
+        self._restore()
+        if waiting is not None and kind is None:  # an error already on its way ends the run by itself
+            raise KeyboardInterrupt(signal.Signals(waiting).name)
 
     def objective(self, run: Callable) -> Callable:
         def inside(trial):
-            self._release()  # a stop that came during `ask` fails this trial in optimize, like any interrupt
+            self.open()  # a stop that came during `ask` fails this trial in optimize, like any interrupt
             try:
                 return run(trial)
             finally:
-                self._hold()
+                self.opened = False
 
         return inside
 
-    def boundary(self, study, trial) -> None:
-        """An optimize callback (after the tell): a stop that waited acts here, the trial already told."""
-        self._release()
-        self._hold()
-
-    def _hold(self) -> None:
-        if self.handlers or threading.current_thread() is not threading.main_thread():
-            return  # only the main thread may set handlers; Python runs them there anyway
-        for sig in STOPS:
-            real = signal.getsignal(sig)
-            if real in (signal.SIG_IGN, None):  # ignored, or set outside Python: leave it
-                continue
-            self.handlers[sig] = real
-            signal.signal(sig, self._record)
-
-    def _record(self, signum, frame) -> None:
-        if self.waiting is None:
-            self.waiting = (signum, frame)
-            return
-        self._release()  # the second stop: act now, in whatever Optuna is doing
-
-    def _release(self, act: bool = True) -> None:
-        handlers, self.handlers = self.handlers, {}
-        for sig, real in handlers.items():
-            signal.signal(sig, real)
+    def open(self, *callback_args) -> None:
+        """Let stops through (also an optimize callback: the trial is told by then); one that waited acts here."""
+        self.opened = True
         waiting, self.waiting = self.waiting, None
-        if waiting is None or not act:
-            return
-        signum, frame = waiting
-        real = handlers.get(signum)
+        if waiting is not None:
+            raise KeyboardInterrupt(signal.Signals(waiting).name)
+
+    def close(self, *callback_args) -> None:
+        """Hold stops again (an optimize callback, the last: Optuna's next `ask` comes after it)."""
+        self.opened = False
+
+    def _on_stop(self, signum, frame) -> None:
+        real = self.handlers.get(signum)
+        if self.opened:
+            return self._act(real, signum, frame)
+        first = self.waiting is None
+        self.waiting = self.waiting or signum
         if callable(real):
-            real(signum, frame)  # e.g. KeyboardInterrupt
-        elif real == signal.SIG_DFL:
-            os.kill(os.getpid(), signum)  # the default action: end the process as it would have
+            try:
+                real(signum, frame)  # its side effects now (it may also change its own disposition)
+            except KeyboardInterrupt:
+                pass
+        if not first and signum != signal.SIGHUP:  # the user insists; a burst of parent-death SIGHUPs does not
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    @staticmethod
+    def _act(real, signum, frame) -> None:
+        if callable(real):
+            real(signum, frame)
+        else:  # the default action, while open: unwind like Ctrl-C (the trial failed, the workers stopped)
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    def _restore(self) -> None:
+        handlers, self.handlers = self.handlers, {}
+        stopped = None
+        for sig, real in handlers.items():
+            while True:  # a stop landing mid-restore raises here (its handler ran): restore, then raise it
+                try:
+                    if signal.getsignal(sig) == self._on_stop:  # a handler that changed its disposition keeps it
+                        signal.signal(sig, real)
+                    break
+                except KeyboardInterrupt as exc:
+                    stopped = stopped or exc
+        if stopped is not None:
+            raise stopped

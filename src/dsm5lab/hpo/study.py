@@ -195,18 +195,20 @@ def optimize(study, ctx: StudyContext, echo: Echo = _quiet, orphaned: Callable[[
         echo(f"hpo: study {ctx.study_name} already has {hpo.n_trials} finished trials")
         return 0
     ran = 0
+    gate = TrialBoundaries()  # a stop in ask or before a tell would leave a trial RUNNING for good
 
     def after_trial(study, trial) -> None:
         nonlocal ran
         ran += 1
         echo(trial_line(trial, optuna.trial.TrialState.PRUNED))
+        gate.open()  # the trial is told: a stop that waited acts here, one during the pool pass at once
         bound_pool(study, ctx, echo)
         if st.finished_count(study) >= hpo.n_trials or orphaned():
             study.stop()
 
-    with TrialBoundaries() as gate:  # a stop in ask or before a tell would leave a trial RUNNING for good
+    with gate:
         study.optimize(gate.objective(lambda trial: run_trial(trial, ctx)), n_trials=None, timeout=hpo.timeout_s,
-                       callbacks=[after_trial, gate.boundary], catch=(DivergedError, InvalidTrialParams),
+                       callbacks=[after_trial, gate.close], catch=(DivergedError, InvalidTrialParams),
                        gc_after_trial=True)
     return ran
 
