@@ -29,7 +29,7 @@ def _send(sig: int) -> None:
         pass
 
 
-def test_ctrl_c_in_a_fit_waits_for_the_next_check_and_a_second_one_stops_at_once(handlers):
+def test_ctrl_c_in_a_fit_waits_for_the_next_check_and_a_second_one_stops_at_once(handlers, capfd):
     reached = []
     with pytest.raises(KeyboardInterrupt, match="SIGINT"), stopping.deferred():
         _send(signal.SIGINT)  # recorded only: nothing raised where Python could drop it (a gc callback)
@@ -38,6 +38,7 @@ def test_ctrl_c_in_a_fit_waits_for_the_next_check_and_a_second_one_stops_at_once
         _send(signal.SIGINT)  # the user insists
         reached.append("second")
     assert reached == ["first"] and stopping.requested() is None
+    assert capfd.readouterr().err == "train: Ctrl-C: stopping where the next step begins (Ctrl-C again to stop now)\n"
 
 
 def test_the_loop_s_check_raises_the_waiting_stop(handlers):

@@ -754,9 +754,13 @@ def _on_sigint(signum, frame) -> None:
     the next begins, with a resume point, as for SIGTERM. Raised at once, the KeyboardInterrupt can land in a
     gc callback or a `__del__`, where Python drops it: 1 of 12 Ctrl-Cs to `dsm5lab train` was lost so (the run
     finished, exit 0). A second Ctrl-C while one waits stops at once."""
+    import os
+
     from dsm5lab import stopping
 
     if stopping.requested() is None and stopping.request("SIGINT"):
+        # os.write, not print: a handler that prints inside a print raises "reentrant call"
+        os.write(2, b"train: Ctrl-C: stopping where the next step begins (Ctrl-C again to stop now)\n")
         return
     raise KeyboardInterrupt("SIGINT")
 
