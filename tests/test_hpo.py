@@ -170,18 +170,18 @@ def test_median_pruner_prunes_a_clearly_worse_trial():
         trial = study.ask()
         reporter = Reporter(trial, "val/macro_f1", report=True, deadline=None)
         for v in good:
-            reporter(0, {"val/macro_f1": v})
+            reporter(0, {"val/macro_f1": v}, False)
         study.tell(trial, good[-1])
     bad = study.ask()
     reporter = Reporter(bad, "val/macro_f1", report=True, deadline=None)
-    reporter(0, {"val/macro_f1": 0.05, "train/epoch": 1.0})  # warm-up report: not prunable yet
+    reporter(0, {"val/macro_f1": 0.05, "train/epoch": 1.0}, False)  # warm-up report: not prunable yet
     with pytest.raises(optuna.TrialPruned):
-        reporter(0, {"val/macro_f1": 0.06, "train/epoch": 2.0})
+        reporter(0, {"val/macro_f1": 0.06, "train/epoch": 2.0}, False)
     assert bad.user_attrs["stop_reason"] == "pruned" and reporter.epochs == 2.0
     ok = study.ask()  # a trial as good as the others runs on
     reporter = Reporter(ok, "val/macro_f1", report=True, deadline=None)
     for v in (0.52, 0.63, 0.71):
-        reporter(0, {"val/macro_f1": v})
+        reporter(0, {"val/macro_f1": v}, False)
 
 
 @pytest.mark.parametrize("kind, patience, expected", [
@@ -193,8 +193,9 @@ def test_pruner_kinds(kind, patience, expected):
     assert type(make_pruner(params)).__name__ == expected
 
 
-def test_a_trial_is_never_pruned_at_its_last_report():
-    """Nothing is left to save there; pruning would only throw away a finished trial's value."""
+def test_a_trial_is_never_pruned_at_its_fits_final_validation():
+    """Nothing is left to save there (the loop says `final`: its last epoch, or patience stopping it); pruning
+    would only throw away a finished trial's value."""
     params = params_with(pruner={**default_params()["hpo"]["pruner"], "type": "median", "n_startup_trials": 1,
                                  "n_warmup_steps": 0})
     study = optuna.create_study(direction="maximize", pruner=make_pruner(params))
@@ -202,13 +203,13 @@ def test_a_trial_is_never_pruned_at_its_last_report():
     for step, v in enumerate((0.5, 0.6, 0.7)):
         good.report(v, step)
     study.tell(good, 0.7)
-    late = study.ask()  # fine at first, below the median at its last report
-    reporter = Reporter(late, "val/macro_f1", report=True, deadline=None, last=2)
-    for v in (0.55, 0.65, 0.1):
-        reporter(0, {"val/macro_f1": v})
-    early = Reporter(study.ask(), "val/macro_f1", report=True, deadline=None, last=2)
-    with pytest.raises(optuna.TrialPruned):  # the same value before the last report is pruned
-        early(0, {"val/macro_f1": 0.1})
+    late = study.ask()  # fine at first, below the median at its fit's final validation (last epoch or patience)
+    reporter = Reporter(late, "val/macro_f1", report=True, deadline=None)
+    for v, final in ((0.55, False), (0.65, False), (0.1, True)):
+        reporter(0, {"val/macro_f1": v}, final)
+    early = Reporter(study.ask(), "val/macro_f1", report=True, deadline=None)
+    with pytest.raises(optuna.TrialPruned):  # the same value where the fit goes on is pruned
+        early(0, {"val/macro_f1": 0.1}, False)
 
 
 def test_hyperband_takes_max_resource_and_bootstrap_count():
@@ -231,15 +232,15 @@ def test_a_trial_whose_every_report_is_nan_is_pruned_by_any_pruner(kind):
     trial = study.ask()
     reporter = Reporter(trial, "val/macro_f1", report=True, deadline=None)
     with pytest.raises(optuna.TrialPruned, match=r"every report NaN \(report 0\)"):
-        reporter(0, {"val/macro_f1": nan, "train/epoch": 1.0})
+        reporter(0, {"val/macro_f1": nan, "train/epoch": 1.0}, False)
     assert trial.user_attrs["stop_reason"] == "nan reports" and reporter.epochs == 1.0
     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     assert study.trials[0].state.name == "PRUNED" and math.isnan(study.trials[0].intermediate_values[0])
     mixed = Reporter(study.ask(), "val/macro_f1", report=True, deadline=None)
     for v in (0.3, nan, nan):
-        mixed(0, {"val/macro_f1": v})
+        mixed(0, {"val/macro_f1": v}, False)
     silent = Reporter(study.ask(), "val/macro_f1", report=False, deadline=None)  # a cost objective: no reports
-    silent(0, {"val/macro_f1": nan})
+    silent(0, {"val/macro_f1": nan}, False)
 
 
 def test_per_trial_timeout_stops_at_the_next_report():
@@ -247,8 +248,12 @@ def test_per_trial_timeout_stops_at_the_next_report():
     trial = study.ask()
     reporter = Reporter(trial, "val/macro_f1", report=True, deadline=0.0)
     with pytest.raises(optuna.TrialPruned):
-        reporter(0, {"val/macro_f1": 0.5})
+        reporter(0, {"val/macro_f1": 0.5}, False)
     assert trial.user_attrs["stop_reason"] == "trial_timeout"
+    # at the trial's last validation it is finished, deadline or not; a fold with folds after it still stops
+    Reporter(study.ask(), "val/macro_f1", report=True, deadline=0.0)(0, {"val/macro_f1": 0.5}, True)
+    with pytest.raises(optuna.TrialPruned):
+        Reporter(study.ask(), "val/macro_f1", report=False, deadline=0.0, last_fit=False)(0, {"val/macro_f1": 0.5}, True)
 
 
 # --- the stage -----------------------------------------------------------------------------------

@@ -68,12 +68,12 @@ def test_a_committed_pruning_measurement_replays_from_its_own_curves(path):
     assert rows == r["what_if"]
     curves = inputs["curves"]
     own = rows[0]
-    assert own["reports_run"] == r["with_pruning"]["trial_epochs"]
-    if path.parent.name == "hpo_pruning_tuning":  # measured before trials stopped pruning at their last report,
-        assert own["pruned"] <= len(r["pruned"])  # which saves nothing: the same reports, maybe fewer pruned
-    else:
-        assert own["pruned"] == len(r["pruned"])
     assert r["trials"] == len(curves) >= 20 and own["reports_full"] == r["without_pruning"]["trial_epochs"]
+    if path.parent.name != "hpo_pruning_tuning":
+        assert (own["reports_run"], own["pruned"]) == (r["with_pruning"]["trial_epochs"], len(r["pruned"]))
+    # the tuning studies ran while a trial could still be pruned at its fit's final validation (where patience
+    # ended it), which saved nothing but turned finished trials into pruned ones: their own play, under today's
+    # rule, keeps those trials, so the median moves and later prunings differ from what they measured
 
 
 def test_the_readme_table_is_the_committed_measurement():
@@ -97,17 +97,19 @@ def test_the_readme_tuning_table_is_the_committed_tuning_measurements():
             assert f"{row['saved_share']:.1%} {'kept' if row['keeps_best'] else 'lost'}" in line, (path.name, line)
 
 
-def test_what_if_keeps_each_trial_s_own_last_report_and_its_number():
-    """A trial of 2 epochs (train.epochs searched) is not pruned at its second report, which is its last; the play
-    numbers trials as the study did (a failed trial leaves a gap), since Hyperband's brackets hash the number."""
+def test_what_if_never_prunes_at_a_curve_s_last_report_and_keeps_trial_numbers():
+    """A trial whose fit ended early (patience, or 2 searched epochs) is not pruned at its last report, as
+    trial.Reporter never prunes a fit's final validation; the play numbers trials as the study did (a failed
+    trial leaves a gap), since Hyperband's brackets hash the number."""
     import optuna
 
     params = validate(default_params())
     curves = [{0: 0.5, 1: 0.6, 2: 0.7}, {0: 0.55, 1: 0.65, 2: 0.72}, {0: 0.1, 1: 0.1}]
     setting = {"median": {"type": "median", "n_startup_trials": 2, "n_warmup_steps": 1}}
-    short = what_if(params, curves, [0.7, 0.72, 0.1], "s", setting, lasts=[2, 2, 1])
+    short = what_if(params, curves, [0.7, 0.72, 0.1], "s", setting)
     assert short[1]["pruned"] == 0 and short[1]["reports_run"] == 8
-    assert what_if(params, curves, [0.7, 0.72, 0.1], "s", setting, lasts=[2, 2, 2])[1]["pruned"] == 1
+    longer = what_if(params, curves[:2] + [{0: 0.1, 1: 0.1, 2: 0.1}], [0.7, 0.72, 0.1], "s", setting)
+    assert longer[1]["pruned"] == 1 and longer[1]["reports_run"] == 8  # pruned at report 1, its third unrun
     seen, real_ask = [], optuna.Study.ask
 
     def recording_ask(self, *args, **kwargs):

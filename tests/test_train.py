@@ -140,7 +140,7 @@ def test_resume_gives_the_same_weights_and_metrics(project, every):
     class Killed(Exception):
         pass
 
-    def kill_after_first_validation(step, metrics):
+    def kill_after_first_validation(step, metrics, final):
         raise Killed()
 
     from dsm5lab.training import loop
@@ -415,6 +415,28 @@ def test_patience_running_out_at_the_last_epoch_is_not_an_early_stop(project):
     assert report["epochs_run"] == 2 and report["stopped_early"] is True and report["best_epoch"] == 1
 
 
+@pytest.mark.parametrize("over, expected", [
+    (["train.epochs=3", "train.early_stopping.patience=9"], [False, False, True]),  # the last epoch's
+    (["train.epochs=3", "train.early_stopping.min_delta=0.5", "train.early_stopping.patience=1"],
+     [False, True]),  # patience ends the fit at epoch 2
+    (["train.epochs=2", "train.eval_every_steps=2", "train.early_stopping.patience=99"], None),  # mid-epoch: never
+])
+def test_the_validation_hook_is_told_which_validation_ends_the_fit(project, monkeypatch, over, expected):
+    """An HPO trial is never pruned at its fit's final validation (trial.Reporter): nothing is left to save."""
+    from dsm5lab.training import loop, stage
+
+    finals: list[bool] = []
+    real_fit = loop.fit
+    monkeypatch.setattr(loop, "fit", lambda *a, **kw: real_fit(
+        *a, **kw, on_validation=lambda step, metrics, final: finals.append(final)))
+    result, _ = stage.run(load_params("params.yaml", TINY + over), Path("."))
+    assert len(finals) == len(result.history)
+    if expected is None:
+        assert len(finals) > 2 and finals == [False] * (len(finals) - 1) + [True]
+    else:
+        assert finals == expected
+
+
 def test_a_failed_or_interrupted_run_leaves_the_previous_curves_and_resume_continues_its_own(project, cli):
     """dvclive writes beside the run's checkpoints; only a finished run replaces reports/train/live."""
     from conftest import tree_digest
@@ -433,7 +455,7 @@ def test_a_failed_or_interrupted_run_leaves_the_previous_curves_and_resume_conti
     class Killed(Exception):
         pass
 
-    def stop(step, metrics):
+    def stop(step, metrics, final):
         raise Killed()
 
     real_fit = loop.fit

@@ -44,19 +44,18 @@ CANDIDATES: dict[str, dict] = {
 
 
 def what_if(params: Params, curves: list[dict[int, float]], finals: list[float], study_name: str,
-            candidates: dict[str, dict] = CANDIDATES, lasts: list[int] | None = None,
-            numbers: list[int] | None = None) -> list[dict]:
+            candidates: dict[str, dict] = CANDIDATES, numbers: list[int] | None = None) -> list[dict]:
     """Play each pruner setting over the trials' full curves, in study order: reports (epochs) it would run, the
     share it saves against running every report, and the best value among the trials it lets finish.
 
-    `lasts`: each trial's last possible report (its epochs, or folds in cross-validation, less one), where it is
-    never pruned (default: the study's trial epochs); `numbers`: the trials' numbers in the study (default 0..n-1).
+    A curve's last report is its fit's final validation (its last epoch, or patience stopping it), where a trial is
+    never pruned, as in trial.Reporter. `numbers`: the trials' numbers in the study (default 0..n-1).
     Each play is an in-memory study named like the real one, its trials numbered as there (a gap, such as a failed
     trial, is a failed trial): Hyperband puts a trial in a bracket by a hash of the study's name and the trial's
     number, so another name or number would play other brackets."""
     import optuna
 
-    from dsm5lab.hpo.study import _trial_epochs, make_pruner
+    from dsm5lab.hpo.study import make_pruner
 
     st.quiet_optuna()
     sign = 1 if params.hpo.objectives[0].direction == "maximize" else -1
@@ -73,16 +72,16 @@ def what_if(params: Params, curves: list[dict[int, float]], finals: list[float],
         study = optuna.create_study(direction=params.hpo.objectives[0].direction, pruner=pruner,
                                     study_name=study_name, storage=optuna.storages.InMemoryStorage())
         ran, kept = 0, []
-        for curve, final, last, number in zip(curves, finals, lasts or [_trial_epochs(params) - 1] * len(curves),
-                                              numbers or range(len(curves))):
+        for curve, final, number in zip(curves, finals, numbers or range(len(curves))):
             while len(study.trials) < number:
                 study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
             trial = study.ask()
             pruned = False
+            last = max(curve, default=None)  # none: a cost objective's trial reports nothing
             for step in sorted(curve):
                 trial.report(curve[step], step)
                 ran += 1
-                if step != last and trial.should_prune():  # trial.run_trial never prunes at the last report
+                if step != last and trial.should_prune():  # never at the fit's final report (trial.Reporter)
                     pruned = True
                     break
             if pruned:
@@ -158,20 +157,17 @@ def compare_pruning(params: Params, root: Path = Path(".")) -> dict:
     result["objective"] = params.hpo.objectives[0].model_dump(mode="json")
     result["trial_epochs"] = _trial_epochs(params)
     curves = [dict(t.intermediate_values) for t in again]
-    folds = (params.hpo.cv.folds or params.prepare.n_folds) if params.hpo.cv.enabled else None
-    lasts = [(folds or int(t.user_attrs["epochs_planned"])) - 1 for t in again]  # per trial: epochs may be searched
-    result["what_if"] = what_if(params, curves, [t.values[0] for t in again], name, lasts=lasts,
-                                numbers=[t.number for t in done])
-    # every trial's full curve, value and last report, so other settings can be played later without training
-    result["curves"] = {t.number: {"reports": [round(c[k], 6) for k in sorted(c)], "value": round(r.values[0], 6),
-                                   "last": last} for t, r, c, last in zip(done, again, curves, lasts)}
+    result["what_if"] = what_if(params, curves, [t.values[0] for t in again], name, numbers=[t.number for t in done])
+    # every trial's full curve and value, so other settings can be played later without training
+    result["curves"] = {t.number: {"reports": [round(c[k], 6) for k in sorted(c)], "value": round(r.values[0], 6)}
+                        for t, r, c in zip(done, again, curves)}
     atomic.write_json(root / OUT, result)
     return result
 
 
 def play_inputs(r: dict, params: Params) -> dict:
-    """what_if's arguments (less the candidates) from a written measurement `r`: its study's name, curves, values,
-    last reports and trial numbers, and `params` with its pruner, objective and trial epochs."""
+    """what_if's arguments (less the candidates) from a written measurement `r`: its study's name, curves, values
+    and trial numbers, and `params` with its pruner, objective and trial epochs."""
     raw = params.model_dump(mode="json")
     raw["hpo"]["pruner"], raw["hpo"]["objectives"] = r["pruner"], [r["objective"]]
     raw["hpo"]["trial_overrides"] = {"train.epochs": r["trial_epochs"]}
@@ -179,7 +175,6 @@ def play_inputs(r: dict, params: Params) -> dict:
     return {"params": validate(raw, source=f"measurement of {r['study']}"), "study_name": r["study"],
             "curves": [dict(enumerate(c["reports"])) for c in trials.values()],
             "finals": [c["value"] for c in trials.values()],
-            "lasts": [c.get("last", r["trial_epochs"] - 1) for c in trials.values()],  # older files: one for all
             "numbers": [int(n) for n in trials]}
 
 

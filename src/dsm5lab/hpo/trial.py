@@ -71,31 +71,32 @@ def nan_pruned(trial, reported: list[float], where: str):
 class Reporter:
     """fit()'s on_validation hook: report the metric, prune, and stop at the per-trial deadline."""
 
-    def __init__(self, trial, metric: str, report: bool, deadline: float | None, offset: int = 0,
-                 last: int | None = None):
+    def __init__(self, trial, metric: str, report: bool, deadline: float | None, last_fit: bool = True):
         self.trial, self.metric, self.report, self.deadline = trial, metric, report, deadline
-        self.n, self.offset, self.epochs, self.last = 0, offset, 0.0, last
+        self.last_fit = last_fit  # False for a cross-validation fold with folds after it
+        self.n, self.epochs = 0, 0.0
         self.reported: list[float] = []
 
-    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+    def __call__(self, step: int, metrics: dict[str, float], final: bool) -> None:
         import optuna
 
         self.epochs = metrics.get("train/epoch", self.epochs)
         if self.report:
             self.reported.append(float(metrics[self.metric]))
-            self.trial.report(self.reported[-1], self.offset + self.n)
+            self.trial.report(self.reported[-1], self.n)
         self.n += 1
-        if self.deadline is not None and time.monotonic() > self.deadline:
+        done = final and self.last_fit  # the trial's last validation: past the deadline or not, it is finished
+        if self.deadline is not None and not done and time.monotonic() > self.deadline:
             self.trial.set_user_attr("stop_reason", "trial_timeout")
             raise optuna.TrialPruned(f"per-trial timeout after {self.n} reports")
-        nan = nan_pruned(self.trial, self.reported, f"report {self.offset + self.n - 1}")
+        nan = nan_pruned(self.trial, self.reported, f"report {self.n - 1}")
         if nan is not None:
             raise nan
-        # the trial's last report (`last`, 0-based) has no compute left to save: pruning there would only throw
-        # away a finished trial's value (cross-validation skips its last fold the same way)
-        if self.report and self.offset + self.n - 1 != self.last and self.trial.should_prune():
+        # the fit's final validation (its last epoch, or patience stopping it) has no compute left to save:
+        # pruning there would only throw away a finished trial's value (cross-validation skips its last fold alike)
+        if self.report and not final and self.trial.should_prune():
             self.trial.set_user_attr("stop_reason", "pruned")
-            raise optuna.TrialPruned(f"pruned at report {self.offset + self.n - 1}")
+            raise optuna.TrialPruned(f"pruned at report {self.n - 1}")
 
 
 def trial_values(result, objectives) -> list[float]:
@@ -151,7 +152,8 @@ def run_trial(trial, ctx: StudyContext) -> float | list[float]:
     with Tracker(settings) as tracker:
         tracker.log_params({**values, "optuna.trial": trial.number})
         for k, (name, train_ids, val_ids) in enumerate(plan):
-            reporter = Reporter(trial, metric, report=report and not cv, deadline=deadline, last=tp.train.epochs - 1)
+            reporter = Reporter(trial, metric, report=report and not cv, deadline=deadline,
+                                last_fit=k == len(plan) - 1)
             child = tracker.child(f"{settings.run_name}/{name}") if cv else None
             paths = RunPaths(prepared=prepared, checkpoints=run_dir / name if cv else run_dir)
             try:

@@ -29,7 +29,8 @@ from dsm5lab.training.inference import predict, validation_metrics
 from dsm5lab.training.multitask_loss import multitask_loss
 from dsm5lab.training.run import Run, system_info
 
-OnValidation = Callable[[int, dict], None]
+# (step, validation metrics, final): final when the fit ends after this validation (its last epoch, or patience)
+OnValidation = Callable[[int, dict, bool], None]
 log = logging.getLogger("dsm5lab.train")
 
 
@@ -333,9 +334,11 @@ def validate_and_checkpoint(run: Run, tracker, epoch: int, batch_in_epoch: int, 
     run.manager.save(run.model, step=s.step, epoch=epoch, score=score, metric=metric, optimizer=run.optimizer,
                      scheduler=run.scheduler, scaler=run.scaler, state=s.to_dict(),
                      config={"spec": run.model.spec.to_dict(), "backbone": run.params.model.backbone})
+    stop = s.bad_evals >= es.patience
     if on_validation is not None:  # e.g. an HPO trial reporting and pruning (it may raise to stop the run)
-        on_validation(s.step, {**metrics, "train/epoch": progress_epochs})
-    return s.bad_evals >= es.patience
+        final = stop or (epoch == t.epochs - 1 and batch_in_epoch >= run.batches_per_epoch)
+        on_validation(s.step, {**metrics, "train/epoch": progress_epochs}, final)
+    return stop
 
 
 def _result(run: Run, stopped: bool, system: dict) -> TrainResult:
