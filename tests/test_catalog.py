@@ -193,6 +193,20 @@ def test_check_a_directory_without_weights_or_fast_tokenizer_fails_with_reasons(
     assert "no fast tokenizer with character offsets" in result.output
 
 
+def test_check_a_directory_whose_weights_are_a_pickle_fails_as_training_would(model_dir, tmp_path, workdir, cli):
+    """Training refuses pytorch_model.bin (backbone.check_local_weights): the check must not call it found."""
+    import torch
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(model_dir, folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    torch.save(load_file(str(model_dir / "model.safetensors")), folder / "pytorch_model.bin")
+    result = cli("models", "check", str(folder))
+    assert result.exit_code == 1, result.output
+    assert _report(result.output)["weights"] == "pickle only"
+    assert "weights only as a pickle" in result.output and "convert them to model.safetensors" in result.output
+
+
 @pytest.mark.parametrize("setup, fragment", [
     ("empty", "no config.json"),
     ("not json", "config.json is not a model config transformers can read"),

