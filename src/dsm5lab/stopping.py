@@ -62,6 +62,9 @@ def requested() -> str | None:
 
 
 def check() -> None:
-    """Raise KeyboardInterrupt (the usual unwinding: trackers end KILLED, nothing is published) if a stop waits."""
+    """Raise KeyboardInterrupt (the usual unwinding: trackers end KILLED, nothing is published) if a stop waits;
+    raised, it no longer waits (an enclosing section does not raise it again)."""
+    global _requested
     if _requested is not None:
-        raise KeyboardInterrupt(_requested)
+        reason, _requested = _requested, None
+        raise KeyboardInterrupt(reason)
