@@ -74,3 +74,33 @@ def test_a_sigint_ignored_from_the_start_stays_ignored(monkeypatch):
     finally:
         for s, h in saved.items():
             signal.signal(s, h)
+
+
+FAKE_CLI = """
+from dsm5lab import cli
+
+
+def app():  # a command the SIGTERM reaches inside a string exec; click turns the interrupt into exit 1
+    try:
+        exec("import os, signal\\nos.kill(os.getpid(), signal.SIGTERM)\\nfor _ in range(100000):\\n    pass", {})
+    except KeyboardInterrupt:
+        raise SystemExit(1)
+
+
+cli.app = app
+cli.main()
+"""
+
+
+def test_sigterm_exits_143_under_python_m_even_when_it_landed_in_a_string_exec(tmp_path):
+    """CPython sets its unhandled-KeyboardInterrupt flag when a string exec ends with one, caught or not, and a
+    `python -m` process (an `hpo worker`) then died by SIGINT whatever cli.main exited with (seen in CI: -2)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "fake_cli.py").write_text(FAKE_CLI)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-m", "fake_cli"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stderr.startswith("error: stopped by SIGTERM")

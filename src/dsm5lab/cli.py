@@ -784,6 +784,11 @@ def main() -> None:
         if _terminated:  # click turned the KeyboardInterrupt into "Aborted!" and exit 1
             typer.echo("error: stopped by SIGTERM; nothing of this run was published (a training run continues "
                        "from its last checkpoint with `dsm5lab train --resume`)", err=True)
+            # A KeyboardInterrupt that ended inside a string exec (a dataclass or namedtuple being built as the
+            # SIGTERM came) leaves CPython's "unhandled KeyboardInterrupt" flag set even though it was caught,
+            # and under `python -m` (how `hpo run` starts its workers) the process then dies by SIGINT (-2)
+            # whatever its exit code. Every string exec resets the flag as it starts.
+            exec("None")  # noqa: S102 - a constant: only its side effect on the flag is wanted
             raise SystemExit(128 + signal.SIGTERM) from None
         raise
 
